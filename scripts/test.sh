@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs into .venv (a fresh machine needs nothing else) and
+# runs it. Usage: bash scripts/test.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[dev]'
+.venv/bin/python scripts/gen_protos.py --check
+exec .venv/bin/python -m pytest -q "$@"

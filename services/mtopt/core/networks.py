@@ -1,0 +1,115 @@
+"""The multi-task Q-network and success detector (MT-Opt paper Fig. 9, scaled to small images).
+
+    image (uint8 HxWx3) + 2 coordinate planes -> conv tower -> feature map F (C x H/8 x W/8)
+    action, state features, task one-hot -> MLP -> vector g (C), broadcast-added to F
+    -> per-position layers (1x1 convs) -> spatial max and mean pool -> two FC -> one logit
+
+Q(s, a, T) = sigmoid(logit). The tower depends only on the image, so `tower` runs once per state
+and `head` scores any number of candidate actions against it: CEM evaluates 64 actions for the
+price of one tower pass plus 64 cheap head passes.
+
+Shapes used throughout: features (B, C, h, w); actions (B, N, ACTION_DIM); states (B, STATE_DIM);
+task indices (B,) or (B, N); logits (B, N).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mtopt.robot import ACTION_DIM, STATE_DIM
+
+
+def canonical_action_t(actions: torch.Tensor) -> torch.Tensor:
+    """Torch twin of `mtopt.robot.canonical_action`: clip positions, binarise grip/terminate."""
+    pos = actions[..., :2].clamp(-1.0, 1.0)
+    flags = torch.where(actions[..., 2:] > 0, 1.0, -1.0).to(actions.dtype)
+    return torch.cat([pos, flags], dim=-1)
+
+
+class ConvTower(nn.Module):
+    """uint8 NHWC image -> feature map (B, C, H/8, W/8). Adds x/y coordinate planes (CoordConv)."""
+
+    def __init__(self, image_size: int, channels: int):
+        super().__init__()
+        self.image_size = image_size
+        self.convs = nn.Sequential(
+            nn.Conv2d(5, channels, 5, stride=2, padding=2),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        lin = torch.linspace(-1.0, 1.0, image_size)
+        ys, xs = torch.meshgrid(-lin, lin, indexing="ij")  # row 0 is y = +1
+        self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).to(torch.float32) * (1.0 / 255.0)
+        x = torch.cat([x, self.coords.expand(x.shape[0], -1, -1, -1)], dim=1)
+        return self.convs(x)
+
+
+class ConditionedHead(nn.Module):
+    """Scores N conditioning vectors per feature map: (B,C,h,w), (B,N,D) -> (B,N,outputs)."""
+
+    def __init__(self, channels: int, cond_dim: int, outputs: int = 1):
+        super().__init__()
+        self.embed = nn.Sequential(nn.Linear(cond_dim, 64), nn.ReLU(), nn.Linear(64, channels))
+        self.pointwise = nn.Sequential(
+            nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, channels), nn.ReLU()
+        )
+        self.fc = nn.Sequential(nn.Linear(2 * channels, 64), nn.ReLU(), nn.Linear(64, outputs))
+
+    def forward(self, features: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = features.shape
+        f = features.flatten(2).transpose(1, 2)  # (B, hw, C)
+        g = self.embed(cond)  # (B, N, C)
+        x = F.relu(f[:, None, :, :] + g[:, :, None, :])  # (B, N, hw, C): broadcast add
+        x = self.pointwise(x)
+        pooled = torch.cat([x.amax(dim=2), x.mean(dim=2)], dim=-1)  # (B, N, 2C)
+        return self.fc(pooled)
+
+
+class QNetwork(nn.Module):
+    """Multi-task Q(s, a, T) as a logit; `multi_head` is the per-task-heads ablation."""
+
+    def __init__(self, num_task_slots: int, image_size: int = 64, channels: int = 32, multi_head: bool = False):
+        super().__init__()
+        self.num_task_slots = num_task_slots
+        self.multi_head = multi_head
+        self.tower = ConvTower(image_size, channels)
+        cond_dim = ACTION_DIM + STATE_DIM + (0 if multi_head else num_task_slots)
+        self.q_head = ConditionedHead(channels, cond_dim, outputs=num_task_slots if multi_head else 1)
+
+    def head(self, features: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
+        """Logits (B, N) for N candidate actions per precomputed feature map."""
+        b, n, _ = actions.shape
+        parts = [canonical_action_t(actions), states[:, None, :].expand(b, n, -1)]
+        if not self.multi_head:
+            parts.append(F.one_hot(tasks, self.num_task_slots).to(actions.dtype)[:, None, :].expand(b, n, -1))
+        out = self.q_head(features, torch.cat(parts, dim=-1))
+        if self.multi_head:
+            out = out.gather(-1, tasks[:, None, None].expand(b, n, 1))
+        return out[..., 0]
+
+    def forward(self, images: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
+        """images (B,H,W,3) uint8, states (B,S), actions (B,N,A), tasks (B,) int64 -> logits (B,N)."""
+        return self.head(self.tower(images), states, actions, tasks)
+
+
+class SuccessDetectorNet(nn.Module):
+    """P(success | final image, task) as a logit: the Q-network's tower, no action input."""
+
+    def __init__(self, num_task_slots: int, image_size: int = 64, channels: int = 32):
+        super().__init__()
+        self.num_task_slots = num_task_slots
+        self.tower = ConvTower(image_size, channels)
+        self.sd_head = ConditionedHead(channels, num_task_slots)
+
+    def forward(self, images: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
+        """images (B,H,W,3) uint8, tasks (B,N) int64 -> logits (B,N): every image vs N tasks."""
+        cond = F.one_hot(tasks, self.num_task_slots).to(torch.float32)
+        return self.sd_head(self.tower(images), cond)[..., 0]

@@ -48,7 +48,7 @@ def bellman_targets(
     f1 = q_t1.tower(img)
     f2 = q_t2.tower(img)
     best, _ = cem_argmax(
-        lambda a: q_t1.head(f1, st, a, task),
+        lambda a: q_t1.score(f1, st, a, task),
         batch=live.numel(),
         action_dim=ACTION_DIM,
         iterations=config.cem_iterations,

@@ -34,12 +34,14 @@ class ConvTower(nn.Module):
     def __init__(self, image_size: int, channels: int):
         super().__init__()
         self.image_size = image_size
+        # A strided 4x4 stem keeps the tower cheap on CPU (robots, Bellman workers) while objects
+        # (about 6 px wide at 64 px) still land in distinct cells of the 8x8 output map.
         self.convs = nn.Sequential(
-            nn.Conv2d(5, channels, 5, stride=2, padding=2),
+            nn.Conv2d(5, channels, 4, stride=4),
             nn.ReLU(),
             nn.Conv2d(channels, channels, 3, stride=2, padding=1),
             nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+            nn.Conv2d(channels, channels, 3, stride=1, padding=1),
             nn.ReLU(),
         )
         lin = torch.linspace(-1.0, 1.0, image_size)
@@ -47,9 +49,17 @@ class ConvTower(nn.Module):
         self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).to(torch.float32) * (1.0 / 255.0)
+        x = images.permute(0, 3, 1, 2).to(torch.float32) * (2.0 / 255.0) - 1.0
         x = torch.cat([x, self.coords.expand(x.shape[0], -1, -1, -1)], dim=1)
         return self.convs(x)
+
+
+def init_weights(module: nn.Module) -> None:
+    """He-normal weights and zero biases for every conv and linear layer (ReLU network)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
 
 
 class ConditionedHead(nn.Module):
@@ -83,6 +93,7 @@ class QNetwork(nn.Module):
         self.tower = ConvTower(image_size, channels)
         cond_dim = ACTION_DIM + STATE_DIM + (0 if multi_head else num_task_slots)
         self.q_head = ConditionedHead(channels, cond_dim, outputs=num_task_slots if multi_head else 1)
+        init_weights(self)
 
     def head(self, features: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         """Logits (B, N) for N candidate actions per precomputed feature map."""
@@ -94,6 +105,24 @@ class QNetwork(nn.Module):
         if self.multi_head:
             out = out.gather(-1, tasks[:, None, None].expand(b, n, 1))
         return out[..., 0]
+
+    def score(
+        self, features: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, tasks: torch.Tensor, chunk: int = 8
+    ) -> torch.Tensor:
+        """`head` evaluated `chunk` states at a time: the same logits, for many candidates per state.
+
+        The head's broadcast tensor is (B, N, h*w, C); for CEM (N = 64) over a large batch that is
+        tens of megabytes per call, which costs more in page faults than in arithmetic. Chunks of
+        a few states stay in cache.
+        """
+        if features.shape[0] <= chunk:
+            return self.head(features, states, actions, tasks)
+        return torch.cat(
+            [
+                self.head(features[i : i + chunk], states[i : i + chunk], actions[i : i + chunk], tasks[i : i + chunk])
+                for i in range(0, features.shape[0], chunk)
+            ]
+        )
 
     def forward(self, images: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         """images (B,H,W,3) uint8, states (B,S), actions (B,N,A), tasks (B,) int64 -> logits (B,N)."""
@@ -108,6 +137,7 @@ class SuccessDetectorNet(nn.Module):
         self.num_task_slots = num_task_slots
         self.tower = ConvTower(image_size, channels)
         self.sd_head = ConditionedHead(channels, num_task_slots)
+        init_weights(self)
 
     def forward(self, images: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         """images (B,H,W,3) uint8, tasks (B,N) int64 -> logits (B,N): every image vs N tasks."""

@@ -37,7 +37,7 @@ class CEMPolicy:
         tk = torch.from_numpy(np.asarray(tasks, dtype=np.int64))
         features = self.q.tower(img)  # once per state, shared by every CEM sample
         best, score = cem_argmax(
-            lambda a: self.q.head(features, st, a, tk),
+            lambda a: self.q.score(features, st, a, tk),
             batch=img.shape[0],
             action_dim=ACTION_DIM,
             iterations=self.config.cem_iterations,

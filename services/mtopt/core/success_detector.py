@@ -78,7 +78,7 @@ class SuccessDetector:
         self.version = 0
 
     def fit(
-        self, examples: LabelledExamples, epochs: int = 30, batch_size: int = 128, lr: float = 2e-3, seed: int = 0
+        self, examples: LabelledExamples, epochs: int = 30, batch_size: int = 64, lr: float = 1e-3, seed: int = 0
     ) -> list[float]:
         """Supervised training (positive class re-weighted to balance); returns the loss per epoch."""
         g = torch.Generator().manual_seed(seed)
@@ -104,7 +104,7 @@ class SuccessDetector:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
             history.append(total / max(1, len(labels)))
         self.net.eval()
         self.version += 1

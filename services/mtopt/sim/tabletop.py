@@ -203,11 +203,16 @@ class TabletopSim(Robot):
                 self._draw_object(img, obj, 1.0)
         g = self._px(self.gripper)
         if self.held is not None:
+            # A lifted object is closer to the overhead camera: drawn larger, outlined by the
+            # fingers, with its shadow on the table.
             obj = self.objects[self.held]
-            cv2.circle(img, self._px(self.gripper + (0.06, -0.06)), self._r(0.12), (60, 55, 50), -1, cv2.LINE_AA, 4)
-            self._draw_object(img, obj, 1.35)
-        radius = 0.09 if self.closed else 0.15
-        cv2.circle(img, g, self._r(radius), (15, 15, 15), 1, cv2.LINE_AA, 4)
+            cv2.circle(img, self._px(self.gripper + (0.07, -0.07)), self._r(0.15), (50, 45, 40), -1, cv2.LINE_AA, 4)
+            cv2.circle(img, g, self._r(0.19), (10, 10, 10), -1, cv2.LINE_AA, 4)
+            self._draw_object(img, obj, 1.6)
+        elif self.closed:
+            cv2.circle(img, g, self._r(0.07), (10, 10, 10), -1, cv2.LINE_AA, 4)
+        else:
+            cv2.circle(img, g, self._r(0.15), (10, 10, 10), 1, cv2.LINE_AA, 4)
         return img
 
     # -- introspection (simulation only) -----------------------------------------------------

@@ -1,0 +1,293 @@
+"""`mtopt experiment`: the whole MT-Opt loop in one process, on the built-in simulator.
+
+    scripted bootstrap -> success detector trained on labelled final images (ground truth labels)
+    -> rewards from the SD only -> impersonation -> re-balancing -> Bellman targets -> training
+    -> collection with the current policy (epsilon exploration, pick-then-place sequencing)
+    -> periodic evaluation with ground-truth success per task
+
+It calls the same core functions the services use. Ablations: impersonation orig/all/skill,
+re-balancing on/off, multi-task vs single-task (same total budget), one-hot vs multi-head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from mtopt.collect import Collected, Fleet
+from mtopt.core.bellman import TargetNetworks
+from mtopt.core.config import MTOptConfig
+from mtopt.core.learner import Learner, TargetComputer
+from mtopt.core.networks import QNetwork
+from mtopt.core.policy import CEMPolicy
+from mtopt.core.replay import ReplayBuffer, impersonate
+from mtopt.core.success_detector import SuccessDetector, select_examples
+from mtopt.tasks import TaskCatalogue
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Budget and schedule of one experiment run (algorithm hyperparameters live in `algo`)."""
+
+    algo: MTOptConfig = MTOptConfig()
+    seed: int = 0
+    tasks: tuple[str, ...] = ()
+    """Task names to learn; empty = the whole catalogue."""
+    single_task: bool = False
+    """Ablation: one Q-network per task, each with 1/num_tasks of the budget and only its own data."""
+    bootstrap_episodes: int = 3000
+    """Scripted episodes that seed the data (and the success detector's examples)."""
+    sd_examples_per_task: int = 300
+    """Labelled final images per task for the success detector (half positive where possible)."""
+    sd_epochs: int = 25
+    iterations: int = 60
+    episodes_per_iteration: int = 64
+    train_steps_per_iteration: int = 60
+    max_episode_steps: int = 6
+    num_robots: int = 32
+    """Simulated robots stepped in lock-step while collecting."""
+    epsilon: float = 0.2
+    """Probability of a random action per step while collecting."""
+    scripted_fraction: float = 0.1
+    """Share of collection episodes run by the scripted policy."""
+    sequence_probability: float = 0.5
+    """After an episode that ends holding an object, chance to continue with a place/present task."""
+    eval_every: int = 10
+    eval_episodes_per_task: int = 30
+    replay_capacity_bytes: int = 4 << 30
+    threads: int = 0
+    """torch threads (0 = torch default)."""
+
+
+def _label(episodes, catalogue: TaskCatalogue, sd: SuccessDetector, mode: str, threshold: float) -> list[dict[str, bool]]:
+    """Impersonates each episode and asks the SD for a verdict per target task (the only reward)."""
+    if not episodes:
+        return []
+    finals = np.stack([e.final_image for e in episodes])
+    probs = sd.predict(finals, catalogue.indices)  # (N, num_tasks)
+    col = {t.index: j for j, t in enumerate(catalogue.tasks)}
+    out = []
+    for i, ep in enumerate(episodes):
+        targets = impersonate(catalogue[ep.task], catalogue, mode)
+        out.append({t.name: bool(probs[i, col[t.index]] > threshold) for t in targets})
+    return out
+
+
+def _evaluate(fleet: Fleet, catalogue: TaskCatalogue, policy, cfg: ExperimentConfig) -> dict[str, float]:
+    tasks = [t for t in catalogue for _ in range(cfg.eval_episodes_per_task)]
+    out = fleet.collect(0, None, policy, cfg.max_episode_steps, fresh_scenes=True, tasks=tasks)
+    rates = {}
+    for t in catalogue:
+        mask = np.array([e.task == t.name for e in out.episodes])
+        rates[t.name] = float(out.task_success[mask].mean()) if mask.any() else float("nan")
+    return rates
+
+
+def bootstrap_and_sd(cfg: ExperimentConfig, catalogue: TaskCatalogue, log: Callable[[str], None]) -> tuple[Collected, SuccessDetector, dict]:
+    """Scripted bootstrap data and a success detector trained on part of it (ground-truth labels)."""
+    rng = np.random.default_rng(cfg.seed)
+    fleet = Fleet(catalogue, cfg.num_robots, cfg.seed + 1, cfg.sequence_probability)
+    t0 = time.time()
+    boot = fleet.collect(cfg.bootstrap_episodes, lambda r: catalogue.tasks[r.integers(len(catalogue))], None, cfg.max_episode_steps)
+    log(f"bootstrap: {len(boot.episodes)} scripted episodes in {time.time() - t0:.1f}s")
+    scripted_rates = {t.name: float(boot.task_success[[e.task == t.name for e in boot.episodes]].mean()) for t in catalogue}
+
+    # SD data: examples labelled from ground truth, drawn from a separate labelling fleet so the
+    # held-out evaluation set below never overlaps them.
+    label_fleet = Fleet(catalogue, cfg.num_robots, cfg.seed + 2, cfg.sequence_probability)
+    n_label = max(cfg.sd_examples_per_task * len(catalogue) // 2, 200)
+    pool = label_fleet.collect(n_label, lambda r: catalogue.tasks[r.integers(len(catalogue))], None, cfg.max_episode_steps)
+    finals = np.stack([e.final_image for e in pool.episodes])
+    examples = select_examples(finals, pool.ground_truth, catalogue, cfg.sd_examples_per_task, rng)
+    sd = SuccessDetector(catalogue.num_slots, cfg.algo.image_size, cfg.algo.channels)
+    t0 = time.time()
+    sd.fit(examples, epochs=cfg.sd_epochs, seed=cfg.seed)
+    log(f"success detector: {len(examples)} labelled examples, trained in {time.time() - t0:.1f}s")
+
+    held = Fleet(catalogue, cfg.num_robots, cfg.seed + 3, cfg.sequence_probability)
+    test = held.collect(1500, lambda r: catalogue.tasks[r.integers(len(catalogue))], None, cfg.max_episode_steps)
+    probs = sd.predict(np.stack([e.final_image for e in test.episodes]), catalogue.indices)
+    pred = probs > cfg.algo.sd_threshold
+    sd_report = {}
+    for j, t in enumerate(catalogue.tasks):
+        y = test.ground_truth[:, j]
+        tpr = float((pred[:, j] & y).sum() / max(1, y.sum()))
+        tnr = float((~pred[:, j] & ~y).sum() / max(1, (~y).sum()))
+        sd_report[t.name] = {"accuracy": float((pred[:, j] == y).mean()), "tpr": tpr, "tnr": tnr,
+                             "positives": int(y.sum()), "n": int(len(y))}
+    return boot, sd, {"scripted_rates": scripted_rates, "sd": sd_report, "sd_examples": int(len(examples))}
+
+
+def train_rl(
+    cfg: ExperimentConfig,
+    catalogue: TaskCatalogue,
+    boot: Collected,
+    sd: SuccessDetector,
+    log: Callable[[str], None],
+    progress: bool = True,
+    iterations: int | None = None,
+    episodes_per_iteration: int | None = None,
+    train_steps_per_iteration: int | None = None,
+) -> dict:
+    """The MT-Opt loop on `catalogue` starting from the bootstrap episodes; returns the learning curve."""
+    algo = cfg.algo
+    iterations = iterations if iterations is not None else cfg.iterations
+    episodes_per_iteration = episodes_per_iteration or cfg.episodes_per_iteration
+    train_steps = train_steps_per_iteration or cfg.train_steps_per_iteration
+    rng = np.random.default_rng(cfg.seed + 10)
+    torch.manual_seed(cfg.seed)
+    q = QNetwork(catalogue.num_slots, algo.image_size, algo.channels, algo.multi_head)
+    learner = Learner(q, algo)
+    targets = TargetNetworks(q, algo)
+    computer = TargetComputer(targets, algo, seed=cfg.seed)
+    policy = CEMPolicy(q, algo, seed=cfg.seed)
+    buffer = ReplayBuffer(catalogue, cfg.replay_capacity_bytes, algo.step_penalty)
+    own = [e for e in boot.episodes if e.task in catalogue]
+    for ep, outcomes in zip(own, _label(own, catalogue, sd, algo.impersonation, algo.sd_threshold)):
+        buffer.add(ep, outcomes)
+    fleet = Fleet(catalogue, cfg.num_robots, cfg.seed + 20, cfg.sequence_probability)
+    eval_fleet = Fleet(catalogue, cfg.num_robots * 4, cfg.seed + 30)
+    choose = lambda r: catalogue.tasks[r.integers(len(catalogue))]
+    curve, losses = [], []
+    episodes_total, t0 = len(own), time.time()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=iterations, desc="mt-opt", unit="it", dynamic_ncols=True)
+    for it in range(1, iterations + 1):
+        for _ in range(train_steps):
+            tb = computer(buffer.sample(algo.batch_size, rng, algo.rebalance, algo.success_fraction))
+            losses.append(learner.step(tb))
+            targets.update(q)
+        out = fleet.collect(
+            episodes_per_iteration, choose, lambda i, s, t: policy.batch(i, s, t)[0], cfg.max_episode_steps,
+            epsilon=cfg.epsilon, scripted_fraction=cfg.scripted_fraction, policy_version=learner.steps,
+        )
+        for ep, outcomes in zip(out.episodes, _label(out.episodes, catalogue, sd, algo.impersonation, algo.sd_threshold)):
+            buffer.add(ep, outcomes)
+        episodes_total += len(out.episodes)
+        if it % cfg.eval_every == 0 or it == iterations:
+            rates = _evaluate(eval_fleet, catalogue, lambda i, s, t: policy.batch(i, s, t)[0], cfg)
+            point = {"iteration": it, "train_steps": learner.steps, "episodes": episodes_total,
+                     "wall_s": round(time.time() - t0, 1), "loss": float(np.mean(losses[-train_steps:])),
+                     "success": rates, "mean_success": float(np.nanmean(list(rates.values())))}
+            curve.append(point)
+            log(f"iter {it}: steps {learner.steps} episodes {episodes_total} loss {point['loss']:.4f} "
+                f"mean success {point['mean_success']:.3f}")
+        if bar is not None:
+            bar.set_postfix(loss=f"{np.mean(losses[-train_steps:]):.3f}",
+                            success=f"{curve[-1]['mean_success']:.2f}" if curve else "-")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return {"curve": curve, "buffer_sizes": buffer.sizes(), "episodes": episodes_total,
+            "train_steps": learner.steps, "wall_s": time.time() - t0, "q": q}
+
+
+def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log: Callable[[str], None] = print,
+                   progress: bool = True) -> dict:
+    """Runs one configuration; writes results.json, results.md and learning_curve.png to out_dir."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    full = TaskCatalogue.load()
+    catalogue = full.subset(list(cfg.tasks)) if cfg.tasks else full
+    t_start = time.time()
+    boot, sd, info = bootstrap_and_sd(cfg, catalogue, log)
+    if not cfg.single_task:
+        rl = train_rl(cfg, catalogue, boot, sd, log, progress)
+        curve = rl["curve"]
+        final = curve[-1]["success"]
+        episodes, steps = rl["episodes"], rl["train_steps"]
+    else:
+        n = len(catalogue)
+        final, curve, episodes, steps = {}, [], 0, 0
+        single_algo = dataclasses.replace(cfg.algo, impersonation="orig")
+        for task in catalogue:
+            sub = catalogue.subset([task.name])
+            sub_cfg = dataclasses.replace(cfg, algo=single_algo)
+            rl = train_rl(sub_cfg, sub, boot, sd, log, progress,
+                          episodes_per_iteration=max(1, cfg.episodes_per_iteration // n),
+                          train_steps_per_iteration=max(1, cfg.train_steps_per_iteration // n))
+            final[task.name] = rl["curve"][-1]["success"][task.name]
+            episodes += rl["episodes"]
+            steps += rl["train_steps"]
+            for i, point in enumerate(rl["curve"]):
+                if len(curve) <= i:
+                    curve.append({k: v for k, v in point.items() if k != "success"} | {"success": {}, "episodes": 0, "train_steps": 0})
+                curve[i]["success"][task.name] = point["success"][task.name]
+                curve[i]["episodes"] += point["episodes"]
+                curve[i]["train_steps"] += point["train_steps"]
+        for point in curve:
+            point["mean_success"] = float(np.mean(list(point["success"].values())))
+        rl = None
+    result = {
+        "config": _jsonable(dataclasses.asdict(cfg)),
+        "final_success": final,
+        "mean_success": float(np.mean(list(final.values()))),
+        "scripted_success": info["scripted_rates"],
+        "success_detector": info["sd"],
+        "sd_examples": info["sd_examples"],
+        "curve": curve,
+        "episodes": episodes,
+        "train_steps": steps,
+        "wall_s": round(time.time() - t_start, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(result, indent=2))
+        (out / "results.md").write_text(results_table(result))
+        plot_curve(result, out / "learning_curve.png")
+        if rl is not None:
+            torch.save(rl["q"].state_dict(), out / "q.pt")
+    return result
+
+
+def _jsonable(d):
+    return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def results_table(result: dict) -> str:
+    lines = ["| task | scripted | MT-Opt | SD accuracy |", "|---|---|---|---|"]
+    for name, rate in result["final_success"].items():
+        lines.append(f"| {name} | {result['scripted_success'][name]:.2f} | {rate:.2f} | "
+                     f"{result['success_detector'][name]['accuracy']:.3f} |")
+    mean_scripted = np.mean(list(result["scripted_success"].values()))
+    lines.append(f"| **mean** | {mean_scripted:.2f} | {result['mean_success']:.2f} | |")
+    lines.append("")
+    lines.append(f"{result['episodes']} episodes, {result['train_steps']} train steps, {result['wall_s']} s wall, "
+                 f"{result['torch_threads']} torch threads")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curve(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = result["curve"]
+    if not curve:
+        return
+    fig, ax = plt.subplots(figsize=(8, 5))
+    xs = [p["episodes"] for p in curve]
+    for name in result["final_success"]:
+        ax.plot(xs, [p["success"].get(name, np.nan) for p in curve], alpha=0.35, lw=1)
+    ax.plot(xs, [p["mean_success"] for p in curve], color="black", lw=2.5, label="mean over tasks")
+    ax.axhline(np.mean(list(result["scripted_success"].values())), color="grey", ls="--", label="scripted mean")
+    ax.set_xlabel("episodes collected")
+    ax.set_ylabel("ground-truth success")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right")
+    ax.set_title("MT-Opt on the tabletop simulator")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

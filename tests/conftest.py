@@ -6,7 +6,7 @@ import torch
 
 from mtopt.tasks import TaskCatalogue
 
-torch.set_num_threads(int(os.environ.get("MTOPT_TEST_THREADS", "2")))
+torch.set_num_threads(int(os.environ.get("MTOPT_TEST_THREADS", "1")))
 
 
 @pytest.fixture(scope="session")

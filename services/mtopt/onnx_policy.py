@@ -50,6 +50,11 @@ class OnnxCEMPolicy:
         self.rng = np.random.default_rng(seed)
 
     @classmethod
+    def from_bytes(cls, artifacts: dict[str, bytes], **kw) -> "OnnxCEMPolicy":
+        """From `mtopt.core.export.export_onnx_bytes` output (or registry artifacts)."""
+        return cls(artifacts[TOWER_FILE], artifacts[HEAD_FILE], **kw)
+
+    @classmethod
     def from_directory(cls, directory: str | Path, **kw) -> "OnnxCEMPolicy":
         d = Path(directory)
         return cls(d / TOWER_FILE, d / HEAD_FILE, **kw)

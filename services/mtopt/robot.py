@@ -19,7 +19,7 @@ Usage loop (the robot agent and the experiment runner both look like this)::
     robot = TabletopSim(seed=0)          # or MyRealRobot(...)
     obs = robot.reset()
     for t in range(max_steps):
-        action = policy(obs.image, obs.state, task_index)
+        action = policy(obs, task_index)     # e.g. OnnxCEMPolicy, ScriptedPolicy
         next_obs = robot.act(action)
         record(obs, action)
         obs = next_obs

@@ -108,7 +108,7 @@ class TargetNetworks:
         targets = TargetNetworks(q, config)
         for step in itertools.count():
             ...train q...
-            targets.update(q, step)
+            targets.update(q)
     """
 
     def __init__(self, online: QNetwork, config: MTOptConfig):

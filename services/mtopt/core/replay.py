@@ -113,6 +113,10 @@ class ReplayBuffer:
 
     def relabel(self, episode_id: str, outcomes: Mapping[str, bool]) -> None:
         """Replaces an episode's task outcomes (after a new success detector version)."""
+        if episode_id not in self.episodes:
+            raise KeyError(f"episode {episode_id!r} is not in the buffer (never added, or evicted)")
+        for name in outcomes:
+            self.catalogue[name]  # validate every name before touching the old outcomes
         self._unlink(episode_id)
         self._link(episode_id, outcomes)
 

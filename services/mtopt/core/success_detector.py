@@ -50,10 +50,11 @@ def select_examples(
         far = np.flatnonzero(~outcomes[:, j] & ~np.isin(np.arange(len(outcomes)), near))
         n_pos = min(len(pos), per_task // 2)
         n_neg = per_task - n_pos
-        n_near = min(len(near), n_neg // 2 + max(0, n_neg // 2 - len(far)))
+        n_far = min(len(far), n_neg // 2)
+        n_near = min(len(near), n_neg - n_far)
+        n_far = min(len(far), n_neg - n_near)
         chosen_pos = rng.choice(pos, n_pos, replace=False) if n_pos else np.array([], int)
         chosen_near = rng.choice(near, n_near, replace=False) if n_near else np.array([], int)
-        n_far = min(len(far), n_neg - n_near)
         chosen_far = rng.choice(far, n_far, replace=False) if n_far else np.array([], int)
         for idx, label in ((chosen_pos, True), (chosen_near, False), (chosen_far, False)):
             imgs.append(final_images[idx])

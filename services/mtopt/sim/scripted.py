@@ -2,7 +2,7 @@
 
 They use privileged object positions (a real robot's scripted policy would use a crude heuristic
 such as "descend somewhere in the bin and close"), ignore colour and shape, and add noise, so
-their success rates are low for specific tasks; `mtopt.sim.scripted_rates` measures them.
+their success rates are low for specific tasks (measured in docs/results.md).
 """
 
 from __future__ import annotations

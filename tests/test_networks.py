@@ -1,0 +1,371 @@
+"""Unit tests of the Q-network, success detector, ONNX export, learner and CEM policies."""
+
+import numpy as np
+import pytest
+import torch
+
+from mtopt.core.bellman import q_loss
+from mtopt.core.config import MTOptConfig
+from mtopt.core.export import HEAD_FILE, TOWER_FILE, export_onnx, export_onnx_bytes
+from mtopt.core.learner import Learner, TargetBatch
+from mtopt.core.networks import QNetwork, SuccessDetectorNet, canonical_action_t
+from mtopt.core.policy import CEMPolicy
+from mtopt.core.success_detector import LabelledExamples, SuccessDetector, select_examples
+from mtopt.robot import ACTION_DIM, Observation, canonical_action
+
+SLOTS, SIZE, CH = 32, 64, 8
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These networks are tiny: intra-op threads buy nothing, and on a busy 2-core machine OpenMP
+    spin-waiting makes them 10x slower. Pin torch to one thread per test, then restore."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def images(b, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (b, SIZE, SIZE, 3), dtype=torch.uint8, generator=g)
+
+
+def qnet(seed=0, multi_head=False):
+    torch.manual_seed(seed)
+    return QNetwork(SLOTS, SIZE, CH, multi_head=multi_head).eval()
+
+
+def rand_actions(b, n, seed=1):
+    return torch.rand(b, n, ACTION_DIM, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def is_canonical(a):
+    a = np.asarray(a)
+    return (
+        a.shape == (ACTION_DIM,)
+        and np.all(np.isfinite(a))
+        and np.all(np.abs(a[:2]) <= 1.0)
+        and set(np.unique(a[2:]).tolist()) <= {-1.0, 1.0}
+    )
+
+
+# -- QNetwork ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("multi_head", [False, True])
+@pytest.mark.parametrize("b,n", [(1, 1), (3, 5), (2, 64)])
+def test_qnetwork_output_shapes(multi_head, b, n):
+    q = qnet(multi_head=multi_head)
+    with torch.no_grad():
+        out = q(images(b), torch.rand(b, 2), rand_actions(b, n), torch.arange(b) % 13)
+    assert out.shape == (b, n) and out.dtype == torch.float32
+    assert torch.all(torch.isfinite(out))
+
+
+def test_tower_feature_map_shape():
+    q = qnet()
+    with torch.no_grad():
+        f = q.tower(images(2))
+    assert f.shape[:2] == (2, CH) and f.ndim == 4
+
+
+def test_head_on_precomputed_features_equals_forward():
+    q = qnet()
+    img, st, a, tk = images(3), torch.rand(3, 2), rand_actions(3, 7), torch.tensor([0, 4, 12])
+    with torch.no_grad():
+        full = q(img, st, a, tk)
+        f = q.tower(img)
+        head = q.head(f, st, a, tk)
+    torch.testing.assert_close(head, full, rtol=0, atol=0)
+
+
+def test_n_candidates_equal_separate_evaluations():
+    q = qnet()
+    b, n = 2, 16
+    img, st, a, tk = images(b), torch.rand(b, 2), rand_actions(b, n), torch.tensor([1, 9])
+    with torch.no_grad():
+        together = q(img, st, a, tk)
+        f = q.tower(img)
+        alone = torch.stack([q.head(f, st, a[:, j : j + 1], tk)[:, 0] for j in range(n)], dim=1)
+        per_state = torch.cat([q(img[i : i + 1], st[i : i + 1], a[i : i + 1], tk[i : i + 1]) for i in range(b)])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(together, per_state, rtol=1e-5, atol=1e-6)
+
+
+def test_score_equals_head_when_available():
+    q = qnet()
+    if not hasattr(q, "score"):
+        pytest.skip("QNetwork.score is not part of this version of the library")
+    b, n = 19, 8  # more states than one chunk
+    img, st, a, tk = images(b), torch.rand(b, 2), rand_actions(b, n), torch.arange(b) % 13
+    with torch.no_grad():
+        f = q.tower(img)
+        torch.testing.assert_close(q.score(f, st, a, tk), q.head(f, st, a, tk), rtol=1e-5, atol=1e-6)
+
+
+def test_canonical_action_binarisation():
+    a = torch.tensor([[[0.2, -0.4, 0.3, -0.2], [0.2, -0.4, 0.9, -1.0], [1.7, -3.0, 0.01, 0.5], [1.0, -1.0, 1.0, 1.0]]])
+    c = canonical_action_t(a)
+    expected = torch.tensor([[[0.2, -0.4, 1.0, -1.0], [0.2, -0.4, 1.0, -1.0], [1.0, -1.0, 1.0, 1.0], [1.0, -1.0, 1.0, 1.0]]])
+    torch.testing.assert_close(c, expected, rtol=0, atol=0)
+    np.testing.assert_array_equal(canonical_action(a.numpy()), c.numpy())  # torch twin == numpy version
+    q = qnet()
+    with torch.no_grad():
+        out = q(images(1), torch.rand(1, 2), a, torch.tensor([2]))
+    assert out[0, 0] == out[0, 1]  # grip 0.3 and 0.9 are the same command
+    assert out[0, 2] == out[0, 3]  # positions clipped, flags binarised
+    with torch.no_grad():
+        other = q(images(1), torch.rand(1, 2), torch.tensor([[[0.2, -0.4, -0.3, -0.2]]]), torch.tensor([2]))
+    assert other[0, 0] != out[0, 0]  # but open vs close differ
+
+
+def test_task_conditioning_changes_the_output():
+    q = qnet()
+    img, st = images(1), torch.rand(1, 2)
+    a = rand_actions(1, 8)
+    with torch.no_grad():
+        outs = torch.stack([q(img, st, a, torch.tensor([k]))[0] for k in range(13)])
+    for i in range(13):
+        for j in range(i + 1, 13):
+            assert not torch.allclose(outs[i], outs[j]), (i, j)
+
+
+def test_multi_head_gathers_the_task_column():
+    q = qnet(multi_head=True)
+    assert q.q_head.fc[-1].out_features == SLOTS
+    assert q.q_head.embed[0].in_features == ACTION_DIM + 2  # no one-hot input
+    b, n = 3, 4
+    img, st, a, tk = images(b), torch.rand(b, 2), rand_actions(b, n), torch.tensor([0, 7, 31])
+    with torch.no_grad():
+        f = q.tower(img)
+        cond = torch.cat([canonical_action_t(a), st[:, None, :].expand(b, n, -1)], dim=-1)
+        every = q.q_head(f, cond)  # (B, N, SLOTS)
+        got = q.head(f, st, a, tk)
+    assert every.shape == (b, n, SLOTS)
+    for i in range(b):
+        torch.testing.assert_close(got[i], every[i, :, tk[i]], rtol=0, atol=0)
+    # the shared-head network has the one-hot in its input instead
+    assert qnet().q_head.embed[0].in_features == ACTION_DIM + 2 + SLOTS
+
+
+# -- SuccessDetectorNet -----------------------------------------------------------------------
+def test_success_detector_net_shapes_and_columns():
+    torch.manual_seed(0)
+    sd = SuccessDetectorNet(SLOTS, SIZE, CH).eval()
+    img = images(4)
+    tasks = torch.tensor([[0, 1, 6]] * 4)
+    with torch.no_grad():
+        out = sd(img, tasks)
+        assert out.shape == (4, 3)
+        for j in range(3):
+            torch.testing.assert_close(out[:, j], sd(img, tasks[:, j : j + 1])[:, 0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(out[:, 0], out[:, 1])
+
+
+# -- ONNX export ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def exported():
+    q = qnet(seed=3)
+    return q, export_onnx_bytes(q)
+
+
+def test_onnx_export_files(exported, tmp_path):
+    q, artifacts = exported
+    assert set(artifacts) == {TOWER_FILE, HEAD_FILE}
+    assert all(isinstance(v, bytes) and len(v) > 100 for v in artifacts.values())
+    paths = export_onnx(q, tmp_path / "model")
+    assert sorted(p.name for p in paths) == sorted([TOWER_FILE, HEAD_FILE])
+    assert all(p.is_file() for p in paths)
+
+
+def test_onnx_matches_torch(exported):
+    pytest.importorskip("onnxruntime")
+    from mtopt.onnx_policy import OnnxCEMPolicy
+
+    q, artifacts = exported
+    policy = OnnxCEMPolicy(artifacts[TOWER_FILE], artifacts[HEAD_FILE])
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for trial in range(3):
+        img = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+        state = rng.uniform(0, 1, 2).astype(np.float32)
+        acts = rng.uniform(-1, 1, (64, ACTION_DIM)).astype(np.float32)
+        task = int(rng.integers(13))
+        onnx_logits = policy.q_values(img, state, acts, task)
+        assert onnx_logits.shape == (64,)
+        with torch.no_grad():
+            torch_logits = q(torch.from_numpy(img)[None], torch.from_numpy(state)[None],
+                             torch.from_numpy(acts)[None], torch.tensor([task]))[0].numpy()
+        worst = max(worst, float(np.abs(onnx_logits - torch_logits).max()))
+    assert worst <= 1e-5, worst
+
+
+def test_onnx_policy_returns_a_valid_canonical_action(exported, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from mtopt.onnx_policy import OnnxCEMPolicy
+
+    q, artifacts = exported
+    export_onnx(q, tmp_path)
+    rng = np.random.default_rng(1)
+    obs = Observation(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8), np.array([0.0, 1.0], np.float32))
+    policies = [OnnxCEMPolicy(artifacts[TOWER_FILE], artifacts[HEAD_FILE], seed=0),
+                OnnxCEMPolicy.from_directory(tmp_path, seed=0, epsilon=1.0)]
+    if hasattr(OnnxCEMPolicy, "from_bytes"):
+        policies.append(OnnxCEMPolicy.from_bytes(artifacts, seed=1))
+    for policy in policies:
+        for _ in range(5):
+            a = policy(obs, 3)
+            assert is_canonical(a), a
+            assert a.dtype == np.float32
+
+
+# -- torch CEM policy -------------------------------------------------------------------------
+def test_cem_policy_returns_valid_canonical_actions():
+    q = qnet(seed=4)
+    config = MTOptConfig(image_size=SIZE, channels=CH)
+    policy = CEMPolicy(q, config, epsilon=0.0, seed=0)
+    rng = np.random.default_rng(2)
+    imgs = rng.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    actions, values = policy.batch(imgs, np.zeros((3, 2), np.float32), np.array([0, 5, 10]))
+    assert actions.shape == (3, ACTION_DIM) and values.shape == (3,)
+    assert all(is_canonical(a) for a in actions)
+    assert np.all((values > 0) & (values < 1))
+    # the reported value is Q of the chosen (canonical) action
+    with torch.no_grad():
+        direct = torch.sigmoid(q(torch.from_numpy(imgs), torch.zeros(3, 2), torch.from_numpy(actions)[:, None],
+                                 torch.tensor([0, 5, 10])))[:, 0].numpy()
+    np.testing.assert_allclose(values, direct, atol=1e-5)
+    obs = Observation(imgs[0], np.zeros(2, np.float32))
+    assert is_canonical(policy(obs, 1))
+    assert is_canonical(CEMPolicy(q, config, epsilon=1.0, seed=0)(obs, 1))
+
+
+# -- Learner ----------------------------------------------------------------------------------
+def test_learner_reduces_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    q = QNetwork(SLOTS, SIZE, CH)
+    config = MTOptConfig(image_size=SIZE, channels=CH, learning_rate=3e-3)
+    learner = Learner(q, config)
+    b = 16
+    g = torch.Generator().manual_seed(5)
+    tb = TargetBatch(
+        images=images(b, seed=5),
+        states=torch.rand(b, 2, generator=g),
+        actions=(torch.rand(b, ACTION_DIM, generator=g) * 2 - 1),
+        tasks=torch.randint(0, 13, (b,), generator=g),
+        targets=torch.randint(0, 2, (b,), generator=g).float(),
+    )
+    losses = [learner.step(tb) for _ in range(50)]
+    assert learner.steps == 50
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    # the reported loss is q_loss of the network's logits (before that step's update)
+    with torch.no_grad():
+        q.eval()
+        now = float(q_loss(q(tb.images, tb.states, tb.actions[:, None], tb.tasks)[:, 0], tb.targets))
+    assert now < losses[0]
+    # state round trip
+    other = Learner(QNetwork(SLOTS, SIZE, CH), config)
+    other.load_state_dict(learner.state_dict())
+    assert other.steps == 50
+    for a, c in zip(other.q.parameters(), q.parameters()):
+        assert torch.equal(a, c)
+
+
+# -- success detector -------------------------------------------------------------------------
+def colour_images(rgb, n, rng):
+    img = np.empty((n, SIZE, SIZE, 3), np.uint8)
+    img[:] = rgb
+    noise = rng.integers(-20, 21, img.shape)
+    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+def test_success_detector_learns_a_separable_task():
+    rng = np.random.default_rng(0)
+    n = 48
+    red, blue = colour_images((220, 40, 40), n, rng), colour_images((50, 80, 230), n, rng)
+    train = LabelledExamples(
+        images=np.concatenate([red, blue]),
+        tasks=np.zeros(2 * n, np.int64),
+        labels=np.concatenate([np.ones(n, bool), np.zeros(n, bool)]),
+    )
+    torch.manual_seed(0)
+    sd = SuccessDetector(SLOTS, SIZE, CH)
+    history = sd.fit(train, epochs=30, seed=0)
+    assert len(history) == 30 and history[-1] < history[0]
+    assert sd.version == 1
+    test_red, test_blue = colour_images((220, 40, 40), 40, rng), colour_images((50, 80, 230), 40, rng)
+    p = sd.predict(np.concatenate([test_red, test_blue]), [0])
+    assert p.shape == (80, 1)
+    correct = np.concatenate([p[:40, 0] > 0.5, p[40:, 0] <= 0.5])
+    assert correct.mean() > 0.95, correct.mean()
+    assert sd.predict(np.zeros((0, SIZE, SIZE, 3), np.uint8), [0, 1]).shape == (0, 2)
+
+
+def _outcomes_fixture(catalogue):
+    """Images 0-3: hold red (lift-any, lift-red); 4-13: hold blue (lift-any, lift-blue);
+    14-23: nothing held, nothing placed (no success); 24-27: on plate (place skill only)."""
+    n = 28
+    col = {t.name: j for j, t in enumerate(catalogue.tasks)}
+    out = np.zeros((n, len(catalogue)), bool)
+    out[0:4, [col["lift-any"], col["lift-red"]]] = True
+    out[4:14, [col["lift-any"], col["lift-blue"]]] = True
+    out[24:28, [col["place-on-plate"], col["place-any"]]] = True
+    imgs = np.zeros((n, 4, 4, 3), np.uint8)
+    imgs[:, 0, 0, 0] = np.arange(n)  # image i is tagged with i
+    return imgs, out, col
+
+
+def _chosen(examples, catalogue, name):
+    m = examples.tasks == catalogue[name].index
+    return examples.images[m][:, 0, 0, 0].astype(int), examples.labels[m]
+
+
+def test_select_examples_prefers_same_skill_near_misses(catalogue):
+    imgs, out, col = _outcomes_fixture(catalogue)
+    ex = select_examples(imgs, out, catalogue, per_task=8, rng=np.random.default_rng(0))
+    tags, labels = _chosen(ex, catalogue, "lift-red")
+    assert len(tags) == 8
+    pos, neg = tags[labels], tags[~labels]
+    assert sorted(pos.tolist()) == [0, 1, 2, 3]  # half positive
+    assert len(neg) == 4
+    # half near misses (holding blue: success for lift-any / lift-blue), half far (nothing or plate)
+    assert np.sum((neg >= 4) & (neg < 14)) == 2 and np.sum(neg >= 14) == 2
+    assert len(set(tags.tolist())) == 8  # no repeats
+    # labels are the ground truth of the task they are paired with
+    for t, l in zip(tags, labels):
+        assert out[t, col["lift-red"]] == l
+    # every task gets examples, each paired with its own slot
+    assert set(ex.tasks.tolist()) <= set(catalogue.indices)
+    assert len(ex) == len(ex.images) == len(ex.labels)
+
+
+def test_select_examples_uses_near_misses_when_no_far_negatives(catalogue):
+    imgs, out, _ = _outcomes_fixture(catalogue)
+    keep = np.r_[0:14]  # only holding images: every lift-red negative is a near miss
+    ex = select_examples(imgs[keep], out[keep], catalogue, per_task=8, rng=np.random.default_rng(1))
+    tags, labels = _chosen(ex, catalogue, "lift-red")
+    assert sorted(tags[labels].tolist()) == [0, 1, 2, 3]
+    neg = tags[~labels]
+    assert len(neg) == 4 and np.all((neg >= 4) & (neg < 14))
+
+
+def test_select_examples_near_misses_stay_inside_the_skill(catalogue):
+    imgs, out, _ = _outcomes_fixture(catalogue)
+    keep = np.r_[0:4, 14:28]  # no blue holds: plate images succeed only for another skill
+    ex = select_examples(imgs[keep], out[keep], catalogue, per_task=8, rng=np.random.default_rng(2))
+    tags, labels = _chosen(ex, catalogue, "lift-red")
+    neg = tags[~labels]
+    assert len(neg) == 4 and np.all(neg >= 14)  # far negatives only (plate images count as far)
+    tags, labels = _chosen(ex, catalogue, "place-on-plate")
+    assert sorted(tags[labels].tolist()) == [24, 25, 26, 27]
+    assert len(tags) == 8 and not np.any(np.isin(tags[~labels], [24, 25, 26, 27]))
+
+
+def test_select_examples_fills_per_task_when_enough_data(catalogue):
+    imgs, out, _ = _outcomes_fixture(catalogue)
+    keep = np.r_[0:1, 4:14, 14:15]  # 1 positive, 10 near misses, 1 far negative for lift-red
+    ex = select_examples(imgs[keep], out[keep], catalogue, per_task=4, rng=np.random.default_rng(3))
+    tags, labels = _chosen(ex, catalogue, "lift-red")
+    assert labels.sum() == 1
+    assert len(tags) == 4  # 1 positive + 3 negatives: 12 images are available

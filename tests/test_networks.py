@@ -138,7 +138,7 @@ def test_multi_head_gathers_the_task_column():
     with torch.no_grad():
         f = q.tower(img)
         cond = torch.cat([canonical_action_t(a), st[:, None, :].expand(b, n, -1)], dim=-1)
-        every = q.q_head(f, cond)  # (B, N, SLOTS)
+        every = q.q_head(f, cond, canonical_action_t(a)[..., :2])  # (B, N, SLOTS)
         got = q.head(f, st, a, tk)
     assert every.shape == (b, n, SLOTS)
     for i in range(b):

@@ -49,7 +49,7 @@ class ExperimentConfig:
     iterations: int = 60
     episodes_per_iteration: int = 64
     train_steps_per_iteration: int = 60
-    max_episode_steps: int = 6
+    max_episode_steps: int = 4
     num_robots: int = 32
     """Simulated robots stepped in lock-step while collecting."""
     epsilon: float = 0.2

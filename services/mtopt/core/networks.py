@@ -63,22 +63,36 @@ def init_weights(module: nn.Module) -> None:
 
 
 class ConditionedHead(nn.Module):
-    """Scores N conditioning vectors per feature map: (B,C,h,w), (B,N,D) -> (B,N,outputs)."""
+    """Scores N conditioning vectors per feature map: (B,C,h,w), (B,N,D) -> (B,N,outputs).
 
-    def __init__(self, channels: int, cond_dim: int, outputs: int = 1):
+    With `spatial=True` the conditioning also carries a point on the table per candidate (the
+    action's target x, y); its offset from every cell of the feature map is embedded and added
+    too, so "is this action on that object" is a per-cell question the head answers directly.
+    """
+
+    def __init__(self, channels: int, cond_dim: int, outputs: int = 1, map_size: int = 8, spatial: bool = False):
         super().__init__()
+        self.spatial = spatial
         self.embed = nn.Sequential(nn.Linear(cond_dim, 64), nn.ReLU(), nn.Linear(64, channels))
+        if spatial:
+            self.offset = nn.Linear(3, channels)
+            centres = -1.0 + (torch.arange(map_size, dtype=torch.float32) + 0.5) * (2.0 / map_size)
+            ys, xs = torch.meshgrid(-centres, centres, indexing="ij")  # row 0 is y = +1
+            self.register_buffer("cells", torch.stack([xs, ys], -1).reshape(-1, 2), persistent=False)
         self.pointwise = nn.Sequential(
             nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, channels), nn.ReLU()
         )
         self.fc = nn.Sequential(nn.Linear(2 * channels, 64), nn.ReLU(), nn.Linear(64, outputs))
 
-    def forward(self, features: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, cond: torch.Tensor, points: torch.Tensor | None = None) -> torch.Tensor:
         b, c, h, w = features.shape
         f = features.flatten(2).transpose(1, 2)  # (B, hw, C)
         g = self.embed(cond)  # (B, N, C)
-        x = F.relu(f[:, None, :, :] + g[:, :, None, :])  # (B, N, hw, C): broadcast add
-        x = self.pointwise(x)
+        x = f[:, None, :, :] + g[:, :, None, :]  # (B, N, hw, C): broadcast add
+        if self.spatial:
+            rel = self.cells[None, None, :, :] - points[:, :, None, :]  # (B, N, hw, 2)
+            x = x + self.offset(torch.cat([rel, (rel * rel).sum(-1, keepdim=True)], dim=-1))
+        x = self.pointwise(F.relu(x))
         pooled = torch.cat([x.amax(dim=2), x.mean(dim=2)], dim=-1)  # (B, N, 2C)
         return self.fc(pooled)
 
@@ -92,16 +106,19 @@ class QNetwork(nn.Module):
         self.multi_head = multi_head
         self.tower = ConvTower(image_size, channels)
         cond_dim = ACTION_DIM + STATE_DIM + (0 if multi_head else num_task_slots)
-        self.q_head = ConditionedHead(channels, cond_dim, outputs=num_task_slots if multi_head else 1)
+        self.q_head = ConditionedHead(
+            channels, cond_dim, outputs=num_task_slots if multi_head else 1, map_size=image_size // 8, spatial=True
+        )
         init_weights(self)
 
     def head(self, features: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         """Logits (B, N) for N candidate actions per precomputed feature map."""
         b, n, _ = actions.shape
-        parts = [canonical_action_t(actions), states[:, None, :].expand(b, n, -1)]
+        actions = canonical_action_t(actions)
+        parts = [actions, states[:, None, :].expand(b, n, -1)]
         if not self.multi_head:
             parts.append(F.one_hot(tasks, self.num_task_slots).to(actions.dtype)[:, None, :].expand(b, n, -1))
-        out = self.q_head(features, torch.cat(parts, dim=-1))
+        out = self.q_head(features, torch.cat(parts, dim=-1), actions[..., :2])
         if self.multi_head:
             out = out.gather(-1, tasks[:, None, None].expand(b, n, 1))
         return out[..., 0]
@@ -136,7 +153,7 @@ class SuccessDetectorNet(nn.Module):
         super().__init__()
         self.num_task_slots = num_task_slots
         self.tower = ConvTower(image_size, channels)
-        self.sd_head = ConditionedHead(channels, num_task_slots)
+        self.sd_head = ConditionedHead(channels, num_task_slots, map_size=image_size // 8)
         init_weights(self)
 
     def forward(self, images: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:

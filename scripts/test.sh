@@ -9,5 +9,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[dev]'
+bash scripts/install_tools.sh   # MinIO server into .tools/bin (pinned go install; no-op when present)
 .venv/bin/python scripts/gen_protos.py --check
 exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the external tools the test suite needs into a project-local bin directory
+# (.tools/bin, gitignored) with `go install`, each only if it is missing or at another version.
+# Usage: bash scripts/install_tools.sh            # installs everything
+#        MTOPT_TOOLS_BIN=/some/dir bash scripts/install_tools.sh
+# Tests find the binaries through MTOPT_TOOLS_BIN (default <repo>/.tools/bin).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# MinIO publishes RELEASE.* tags that are not semver, so the Go module proxy serves it as a
+# pseudo-version. This one is MinIO's master of 2026-02-12 (commit 7aac2a2c5b7c).
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+
+BIN=${MTOPT_TOOLS_BIN:-$PWD/.tools/bin}
+mkdir -p "$BIN"
+
+if ! command -v go >/dev/null 2>&1; then
+  echo "install_tools.sh: 'go' is not on PATH; install Go >= 1.24 (needed to build MinIO)" >&2
+  exit 1
+fi
+
+# go_install NAME MODULE VERSION: builds MODULE@VERSION into $BIN unless $BIN/NAME.version
+# already records that version (a stamp file, because minio's own --version differs from the
+# module version).
+go_install() {
+  local name=$1 module=$2 version=$3
+  local stamp="$BIN/$name.version"
+  if [ -x "$BIN/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$module@$version" ]; then
+    return 0
+  fi
+  echo "install_tools.sh: building $module@$version into $BIN (this can take several minutes)" >&2
+  GOBIN="$BIN" GOFLAGS="${GOFLAGS:-} -buildvcs=false" go install "$module@$version"
+  echo "$module@$version" >"$stamp"
+}
+
+go_install minio github.com/minio/minio "$MINIO_VERSION"

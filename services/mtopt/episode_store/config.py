@@ -1,0 +1,101 @@
+"""episode_store settings, read from MTOPT_EPISODE_STORE_* environment variables.
+
+Besides the prefixed variables: S3 credentials come from MTOPT_S3_ACCESS_KEY /
+MTOPT_S3_SECRET_KEY (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), and the task catalogue from
+MTOPT_TASKS (a YAML file; unset: the built-in catalogue). ``python -m mtopt.episode_store
+--help-config`` prints every variable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Mapping
+
+from mtopt.serving.config import check, from_env
+
+PREFIX = "MTOPT_EPISODE_STORE_"
+BACKENDS = ("local", "s3")
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeStoreConfig:
+    """Everything episode_store needs to start; see each field's docstring."""
+
+    port: int = 50051
+    """gRPC port to listen on (0 picks a free port)."""
+    host: str = "[::]"
+    """Address to bind, e.g. [::] for all interfaces or 127.0.0.1."""
+    metrics_port: int = 9090
+    """Port of the Prometheus /metrics HTTP server (0 picks a free port)."""
+    backend: str = "local"
+    """Where episodes are stored: local (a directory, the embedded default) or s3 (MinIO or any S3)."""
+    directory: Path = Path("data/episodes")
+    """Directory of the local backend (one store process per directory)."""
+    fsync: bool = True
+    """Local backend: fsync every file before acknowledging an upload."""
+    s3_endpoint: str = ""
+    """host:port of the S3 endpoint, e.g. minio:9000 (required when backend=s3)."""
+    s3_bucket: str = "mtopt"
+    """Bucket that holds episodes/ and index/."""
+    s3_secure: bool = False
+    """Use HTTPS for the S3 endpoint."""
+    s3_region: str = ""
+    """S3 region (empty: the endpoint's default)."""
+    s3_create_bucket: bool = True
+    """Create the bucket if it does not exist."""
+    s3_access_key: str = dataclasses.field(default="", repr=False)
+    """S3 access key; set MTOPT_S3_ACCESS_KEY (or AWS_ACCESS_KEY_ID)."""
+    s3_secret_key: str = dataclasses.field(default="", repr=False)
+    """S3 secret key; set MTOPT_S3_SECRET_KEY (or AWS_SECRET_ACCESS_KEY)."""
+    watch_settle_s: float = 1.0
+    """s3 backend: how long a commit may take to appear in the log (several replicas write
+    one bucket); watch events are delayed by this much."""
+    watch_poll_s: float = 0.5
+    """How often the store polls the commit log for episodes stored by other replicas."""
+    max_episode_bytes: int = 64 * 1024 * 1024
+    """Largest serialized episode accepted; bigger uploads get RESOURCE_EXHAUSTED."""
+    image_shape: tuple[int, ...] = ()
+    """Required image shape H,W,3 (e.g. 64,64,3); empty: any shape, the same within an episode."""
+    tasks: Path | None = None
+    """Task catalogue YAML (from MTOPT_TASKS); unset: the built-in catalogue."""
+    io_workers: int = 16
+    """Threads for storage I/O and episode validation (streams themselves cost no thread)."""
+    grace_s: float = 10.0
+    """On SIGTERM: how long in-flight uploads may run on before they are cancelled."""
+
+    def __post_init__(self):
+        v = lambda name: PREFIX + name.upper()  # noqa: E731
+        check(0 <= self.port <= 65535, v("port"), f"must be a port number in [0, 65535], got {self.port}")
+        check(0 <= self.metrics_port <= 65535, v("metrics_port"), f"must be a port number in [0, 65535], got {self.metrics_port}")
+        check(self.backend in BACKENDS, v("backend"), f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend == "s3":
+            check(bool(self.s3_endpoint), v("s3_endpoint"), "must be set to host:port of MinIO/S3 when backend=s3")
+            check("://" not in self.s3_endpoint, v("s3_endpoint"), f"must be host:port without a scheme (use {v('s3_secure')} for https), got {self.s3_endpoint!r}")
+            check(bool(self.s3_bucket), v("s3_bucket"), "must name a bucket")
+            check(bool(self.s3_access_key and self.s3_secret_key), "MTOPT_S3_ACCESS_KEY/MTOPT_S3_SECRET_KEY", "(or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) must be set when backend=s3")
+        check(self.max_episode_bytes > 0, v("max_episode_bytes"), "must be > 0")
+        check(self.image_shape == () or (len(self.image_shape) == 3 and self.image_shape[2] == 3 and min(self.image_shape) > 0),
+              v("image_shape"), f"must be empty or H,W,3 with positive H and W, got {self.image_shape}")
+        check(self.watch_settle_s >= 0, v("watch_settle_s"), "must be >= 0")
+        check(self.watch_poll_s > 0, v("watch_poll_s"), "must be > 0")
+        check(self.io_workers >= 1, v("io_workers"), "must be >= 1")
+        check(self.grace_s >= 0, v("grace_s"), "must be >= 0")
+        if self.tasks is not None:
+            check(self.tasks.is_file(), "MTOPT_TASKS", f"must name an existing task catalogue YAML file, got {self.tasks}")
+
+
+def load_config(environ: Mapping[str, str] | None = None, **overrides) -> EpisodeStoreConfig:
+    """EpisodeStoreConfig from the environment (ConfigError names the variable to fix)."""
+    env = os.environ if environ is None else environ
+    extra = {}
+    access = env.get("MTOPT_S3_ACCESS_KEY") or env.get("AWS_ACCESS_KEY_ID")
+    secret = env.get("MTOPT_S3_SECRET_KEY") or env.get("AWS_SECRET_ACCESS_KEY")
+    if access:
+        extra["s3_access_key"] = access
+    if secret:
+        extra["s3_secret_key"] = secret
+    if env.get("MTOPT_TASKS"):
+        extra["tasks"] = Path(env["MTOPT_TASKS"]).expanduser()
+    return from_env(EpisodeStoreConfig, PREFIX, env, **(extra | overrides))

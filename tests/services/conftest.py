@@ -1,0 +1,61 @@
+"""Fixtures for the service tests (helpers in store_harness.py): a real MinIO server, an asyncio
+loop thread for grpc.aio servers, and episode_store harnesses on both backends."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+from store_harness import LoopThread, MinioInfo, MinioNotInstalled, StoreHarness, run_minio, store_config
+
+
+@pytest.fixture(scope="session")
+def minio_server(tmp_path_factory) -> MinioInfo:
+    """A real MinIO server for the whole session; tests that need it fail (not skip) without it."""
+    try:
+        server = run_minio(tmp_path_factory.mktemp("minio-data"))
+        info = server.__enter__()
+    except MinioNotInstalled as e:
+        missing = str(e)
+    else:
+        try:
+            yield info
+        finally:
+            server.__exit__(None, None, None)
+        return
+    pytest.fail(missing, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def aio_loop() -> LoopThread:
+    lt = LoopThread()
+    yield lt
+    lt.close()
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_store(request, aio_loop, tmp_path, backend_kind):
+    """Factory: make_store(**config_overrides) -> a started StoreHarness (stopped after the test)."""
+    harnesses = []
+
+    def factory(backend_factory=None, **overrides) -> StoreHarness:
+        minio = request.getfixturevalue("minio_server") if backend_kind == "s3" else None
+        h = StoreHarness(aio_loop, store_config(tmp_path, backend_kind, minio, **overrides), backend_kind, backend_factory)
+        harnesses.append(h)
+        return h
+
+    yield factory
+    for h in harnesses:
+        with contextlib.suppress(Exception):
+            h.close()
+
+
+@pytest.fixture
+def store(make_store) -> StoreHarness:
+    return make_store()

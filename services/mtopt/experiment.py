@@ -280,13 +280,13 @@ def plot_curve(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     xs = [p["episodes"] for p in curve]
     for name in result["final_success"]:
-        ax.plot(xs, [p["success"].get(name, np.nan) for p in curve], alpha=0.35, lw=1)
+        ax.plot(xs, [p["success"].get(name, np.nan) for p in curve], alpha=0.5, lw=1, label=name)
     ax.plot(xs, [p["mean_success"] for p in curve], color="black", lw=2.5, label="mean over tasks")
     ax.axhline(np.mean(list(result["scripted_success"].values())), color="grey", ls="--", label="scripted mean")
     ax.set_xlabel("episodes collected")
     ax.set_ylabel("ground-truth success")
     ax.set_ylim(0, 1)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", fontsize=7, ncol=2)
     ax.set_title("MT-Opt on the tabletop simulator")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -17,6 +17,8 @@ def _experiment(args: argparse.Namespace) -> int:
         rebalance=not args.no_rebalance,
         multi_head=args.multi_head,
         success_fraction=args.success_fraction,
+        gamma=args.gamma,
+        learning_rate=args.learning_rate,
     )
     cfg = ExperimentConfig(
         algo=algo,
@@ -31,6 +33,7 @@ def _experiment(args: argparse.Namespace) -> int:
         eval_every=args.eval_every,
         eval_episodes_per_task=args.eval_episodes,
         threads=args.threads,
+        max_episode_steps=args.max_episode_steps,
     )
     if args.quick:
         cfg = dataclasses.replace(cfg, bootstrap_episodes=600, sd_examples_per_task=120, sd_epochs=10,
@@ -55,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--single-task", action="store_true", help="ablation: one network per task, same total budget")
     exp.add_argument("--multi-head", action="store_true", help="ablation: per-task output heads instead of one-hot")
     exp.add_argument("--success-fraction", type=float, default=0.5)
+    exp.add_argument("--gamma", type=float, default=0.9, help="discount factor")
+    exp.add_argument("--learning-rate", type=float, default=1e-3)
+    exp.add_argument("--max-episode-steps", type=int, default=4)
     exp.add_argument("--bootstrap-episodes", type=int, default=3000)
     exp.add_argument("--sd-examples-per-task", type=int, default=300)
     exp.add_argument("--iterations", type=int, default=60)

@@ -124,7 +124,7 @@ class QNetwork(nn.Module):
         return out[..., 0]
 
     def score(
-        self, features: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, tasks: torch.Tensor, chunk: int = 8
+        self, features: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, tasks: torch.Tensor, chunk: int = 2
     ) -> torch.Tensor:
         """`head` evaluated `chunk` states at a time: the same logits, for many candidates per state.
 

@@ -14,7 +14,8 @@ import numpy as np
 
 def label(cfg: dict) -> str:
     algo = cfg["algo"]
-    parts = [f"impersonation={algo['impersonation']}", "rebalance" if algo["rebalance"] else "no-rebalance",
+    imp = "orig" if cfg["single_task"] else algo["impersonation"]
+    parts = [f"impersonation={imp}", "rebalance" if algo["rebalance"] else "no-rebalance",
              "single-task" if cfg["single_task"] else "multi-task", "multi-head" if algo["multi_head"] else "one-hot"]
     return ", ".join(parts)
 

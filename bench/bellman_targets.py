@@ -40,14 +40,7 @@ if "--malloc-tuned" in sys.argv[1:] and os.environ.get("_MTOPT_BENCH_MALLOC_TUNE
     os.environ.update(_MALLOC_ENV, _MTOPT_BENCH_MALLOC_TUNED="1")
     os.execv(sys.executable, [sys.executable] + sys.argv)
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-             "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS"):
-    os.environ[_var] = "1"
-if hasattr(os, "sched_setaffinity"):
-    try:
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    except OSError:
-        pass
+import _onecore  # noqa: E402,F401  (pins to one core before numpy/torch load)
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
@@ -59,11 +52,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(1)
-try:
-    torch.set_num_interop_threads(1)
-except RuntimeError:  # already set, or parallel work already started
-    pass
+_onecore.pin_torch()
 
 from mtopt.core.bellman import bellman_targets, bellman_targets_naive  # noqa: E402
 from mtopt.core.config import MTOptConfig  # noqa: E402
@@ -77,10 +66,7 @@ NUM_TASK_SLOTS = 32
 TERMINAL_SHARE = 0.2
 
 
-def _cpu() -> str:
-    if hasattr(os, "sched_getaffinity"):
-        return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
-    return "unpinned"
+_cpu = _onecore.cpu_label
 
 
 def collect_transitions(count: int, seed: int, max_steps: int = 6) -> dict[str, torch.Tensor]:

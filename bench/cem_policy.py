@@ -26,14 +26,7 @@ from __future__ import annotations
 
 import os
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-             "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS"):
-    os.environ[_var] = "1"
-if hasattr(os, "sched_setaffinity"):
-    try:
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    except OSError:
-        pass
+import _onecore  # noqa: E402,F401  (pins to one core before numpy/torch load)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -44,11 +37,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(1)
-try:
-    torch.set_num_interop_threads(1)
-except RuntimeError:  # already set, or parallel work already started
-    pass
+_onecore.pin_torch()
 
 import onnxruntime as ort  # noqa: E402
 
@@ -66,10 +55,7 @@ TARGET_MS = 5.0
 NUM_TASK_SLOTS = 32
 
 
-def _cpu() -> str:
-    if hasattr(os, "sched_getaffinity"):
-        return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
-    return "unpinned"
+_cpu = _onecore.cpu_label
 
 
 def collect_observations(count: int, seed: int, max_steps: int = 6) -> list[tuple[Observation, int]]:

@@ -20,14 +20,7 @@ from __future__ import annotations
 
 import os
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-             "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS"):
-    os.environ[_var] = "1"
-if hasattr(os, "sched_setaffinity"):
-    try:
-        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    except OSError:
-        pass
+import _onecore  # noqa: E402,F401  (pins to one core before numpy/torch load)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -46,10 +39,7 @@ from mtopt.sim import TabletopSim  # noqa: E402
 TARGET_STEPS_PER_S = 2000.0
 
 
-def _cpu() -> str:
-    if hasattr(os, "sched_getaffinity"):
-        return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
-    return "unpinned"
+_cpu = _onecore.cpu_label
 
 
 def run_steps(sim: TabletopSim, actions: np.ndarray, reset_every: int) -> tuple[float, int, int]:

@@ -36,7 +36,7 @@ def _experiment(args: argparse.Namespace) -> int:
         max_episode_steps=args.max_episode_steps,
     )
     if args.quick:
-        cfg = dataclasses.replace(cfg, bootstrap_episodes=600, sd_examples_per_task=120, sd_epochs=10,
+        cfg = dataclasses.replace(cfg, bootstrap_episodes=600, sd_examples_per_task=120, sd_epochs=10, sd_min_steps=200,
                                   iterations=4, eval_every=2, eval_episodes_per_task=6)
     result = run_experiment(cfg, args.out, progress=not args.no_progress)
     print(open(f"{args.out}/results.md").read() if args.out else "")

@@ -46,6 +46,8 @@ class ExperimentConfig:
     sd_examples_per_task: int = 300
     """Labelled final images per task for the success detector (half positive where possible)."""
     sd_epochs: int = 25
+    sd_min_steps: int = 1500
+    """The SD trains for at least this many gradient steps (more epochs on small example sets)."""
     iterations: int = 60
     episodes_per_iteration: int = 64
     train_steps_per_iteration: int = 60
@@ -105,9 +107,12 @@ def bootstrap_and_sd(cfg: ExperimentConfig, catalogue: TaskCatalogue, log: Calla
     pool = label_fleet.collect(n_label, lambda r: catalogue.tasks[r.integers(len(catalogue))], None, cfg.max_episode_steps)
     finals = np.stack([e.final_image for e in pool.episodes])
     examples = select_examples(finals, pool.ground_truth, catalogue, cfg.sd_examples_per_task, rng)
+    torch.manual_seed(cfg.seed)  # the SD's initial weights must not depend on what ran before
     sd = SuccessDetector(catalogue.num_slots, cfg.algo.image_size, cfg.algo.channels)
     t0 = time.time()
-    sd.fit(examples, epochs=cfg.sd_epochs, seed=cfg.seed)
+    batches_per_epoch = max(1, -(-len(examples) // 64))
+    epochs = max(cfg.sd_epochs, -(-cfg.sd_min_steps // batches_per_epoch))
+    sd.fit(examples, epochs=epochs, batch_size=64, seed=cfg.seed)
     log(f"success detector: {len(examples)} labelled examples, trained in {time.time() - t0:.1f}s")
 
     held = Fleet(catalogue, cfg.num_robots, cfg.seed + 3, cfg.sequence_probability)

@@ -6,7 +6,6 @@ sys.path (and tests/services/ for its store harness).
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ for _path in (REPO / "robot_agent", REPO / "tests" / "services", Path(__file__).
         sys.path.insert(0, str(_path))
 
 from agent_harness import RegistryUnderTest, onnx_artifacts  # noqa: E402
+from harness_factory import closing_factory  # noqa: E402
 from store_harness import LoopThread, StoreHarness, store_config  # noqa: E402
 
 
@@ -31,18 +31,13 @@ def aio_loop() -> LoopThread:
 @pytest.fixture
 def make_store(aio_loop, tmp_path):
     """Factory: make_store(**config_overrides) -> a started local-directory episode_store."""
-    harnesses = []
 
-    def factory(**overrides) -> StoreHarness:
+    def make(**overrides) -> StoreHarness:
         overrides.setdefault("image_shape", ())
-        h = StoreHarness(aio_loop, store_config(tmp_path, "local", None, **overrides), "local")
-        harnesses.append(h)
-        return h
+        return StoreHarness(aio_loop, store_config(tmp_path, "local", None, **overrides), "local")
 
-    yield factory
-    for h in harnesses:
-        with contextlib.suppress(Exception):
-            h.close()
+    with closing_factory(make) as factory:
+        yield factory
 
 
 @pytest.fixture

@@ -3,10 +3,9 @@ loop thread for grpc.aio servers, and episode_store harnesses on both backends."
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 
+from harness_factory import closing_factory
 from store_harness import LoopThread, MinioInfo, MinioNotInstalled, StoreHarness, run_minio, store_config
 
 
@@ -42,18 +41,13 @@ def backend_kind(request) -> str:
 @pytest.fixture
 def make_store(request, aio_loop, tmp_path, backend_kind):
     """Factory: make_store(**config_overrides) -> a started StoreHarness (stopped after the test)."""
-    harnesses = []
 
-    def factory(backend_factory=None, **overrides) -> StoreHarness:
+    def make(backend_factory=None, **overrides) -> StoreHarness:
         minio = request.getfixturevalue("minio_server") if backend_kind == "s3" else None
-        h = StoreHarness(aio_loop, store_config(tmp_path, backend_kind, minio, **overrides), backend_kind, backend_factory)
-        harnesses.append(h)
-        return h
+        return StoreHarness(aio_loop, store_config(tmp_path, backend_kind, minio, **overrides), backend_kind, backend_factory)
 
-    yield factory
-    for h in harnesses:
-        with contextlib.suppress(Exception):
-            h.close()
+    with closing_factory(make) as factory:
+        yield factory
 
 
 @pytest.fixture

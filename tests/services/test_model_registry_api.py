@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import grpc
 import pytest
 
+from harness_factory import closing_factory
 from store_harness import CHANNEL_OPTIONS, LoopThread, MinioInfo
 from mtopt.model_registry import ModelRegistryConfig, start_model_registry
 from mtopt.model_registry.client import ArtifactIntegrityError, AsyncRegistryClient, RegistryClient, publish_chunks
@@ -113,18 +114,13 @@ def code_of(call) -> grpc.StatusCode:
 @pytest.fixture
 def make_registry(request, aio_loop, tmp_path, backend_kind):
     """Factory: make_registry(**config_overrides) -> a started RegistryHarness (stopped after the test)."""
-    harnesses = []
 
-    def factory(objects_factory=None, **overrides) -> RegistryHarness:
+    def make(objects_factory=None, **overrides) -> RegistryHarness:
         minio = request.getfixturevalue("minio_server") if backend_kind == "s3" else None
-        h = RegistryHarness(aio_loop, registry_config(tmp_path, backend_kind, minio, **overrides), objects_factory)
-        harnesses.append(h)
-        return h
+        return RegistryHarness(aio_loop, registry_config(tmp_path, backend_kind, minio, **overrides), objects_factory)
 
-    yield factory
-    for h in harnesses:
-        with contextlib.suppress(Exception):
-            h.close()
+    with closing_factory(make) as factory:
+        yield factory
 
 
 @pytest.fixture

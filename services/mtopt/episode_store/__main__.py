@@ -5,26 +5,21 @@ from __future__ import annotations
 import sys
 
 from mtopt.episode_store.config import PREFIX, EpisodeStoreConfig, load_config
-from mtopt.serving.config import ConfigError, describe
+from mtopt.serving.cli import config_main
+from mtopt.serving.s3 import CREDENTIALS_HELP
+
+
+def _serve():
+    from mtopt.episode_store.server import serve
+
+    return serve
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help", "--help-config"):
-        print("episode_store: settings from environment variables\n")
-        print(describe(EpisodeStoreConfig, PREFIX))
-        print("\nMTOPT_S3_ACCESS_KEY / MTOPT_S3_SECRET_KEY (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): S3 credentials")
-        print("MTOPT_TASKS: task catalogue YAML (default: built-in)")
-        return 0
-    try:
-        config = load_config()
-    except ConfigError as e:
-        print(f"episode_store: configuration error: {e}", file=sys.stderr)
-        return 2
-    from mtopt.episode_store.server import serve
-
-    serve(config)
-    return 0
+    return config_main(
+        "episode_store", EpisodeStoreConfig, PREFIX, load_config, _serve, argv,
+        extra_help=(CREDENTIALS_HELP, "MTOPT_TASKS: task catalogue YAML (default: built-in)"),
+    )
 
 
 if __name__ == "__main__":

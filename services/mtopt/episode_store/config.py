@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Mapping
 
 from mtopt.serving.config import check, from_env
+from mtopt.serving.s3 import check_s3_settings, read_s3_credentials
 
 PREFIX = "MTOPT_EPISODE_STORE_"
 BACKENDS = ("local", "s3")
@@ -71,10 +72,7 @@ class EpisodeStoreConfig:
         check(0 <= self.metrics_port <= 65535, v("metrics_port"), f"must be a port number in [0, 65535], got {self.metrics_port}")
         check(self.backend in BACKENDS, v("backend"), f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.backend == "s3":
-            check(bool(self.s3_endpoint), v("s3_endpoint"), "must be set to host:port of MinIO/S3 when backend=s3")
-            check("://" not in self.s3_endpoint, v("s3_endpoint"), f"must be host:port without a scheme (use {v('s3_secure')} for https), got {self.s3_endpoint!r}")
-            check(bool(self.s3_bucket), v("s3_bucket"), "must name a bucket")
-            check(bool(self.s3_access_key and self.s3_secret_key), "MTOPT_S3_ACCESS_KEY/MTOPT_S3_SECRET_KEY", "(or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) must be set when backend=s3")
+            check_s3_settings(self, PREFIX)
         check(self.max_episode_bytes > 0, v("max_episode_bytes"), "must be > 0")
         check(self.image_shape == () or (len(self.image_shape) == 3 and self.image_shape[2] == 3 and min(self.image_shape) > 0),
               v("image_shape"), f"must be empty or H,W,3 with positive H and W, got {self.image_shape}")
@@ -89,13 +87,7 @@ class EpisodeStoreConfig:
 def load_config(environ: Mapping[str, str] | None = None, **overrides) -> EpisodeStoreConfig:
     """EpisodeStoreConfig from the environment (ConfigError names the variable to fix)."""
     env = os.environ if environ is None else environ
-    extra = {}
-    access = env.get("MTOPT_S3_ACCESS_KEY") or env.get("AWS_ACCESS_KEY_ID")
-    secret = env.get("MTOPT_S3_SECRET_KEY") or env.get("AWS_SECRET_ACCESS_KEY")
-    if access:
-        extra["s3_access_key"] = access
-    if secret:
-        extra["s3_secret_key"] = secret
+    extra = read_s3_credentials(env)
     if env.get("MTOPT_TASKS"):
         extra["tasks"] = Path(env["MTOPT_TASKS"]).expanduser()
     return from_env(EpisodeStoreConfig, PREFIX, env, **(extra | overrides))

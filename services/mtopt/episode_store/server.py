@@ -25,6 +25,7 @@ from mtopt.episode_store.servicer import EpisodeStoreServicer
 from mtopt.episode_store.storage import EpisodeBackend, LocalDirBackend, MinioBackend
 from mtopt.episode_store.watch import WatchHub
 from mtopt.serving import GrpcService, MetricsServer, run_service
+from mtopt.serving.s3 import s3_backend_args
 from mtopt.tasks import TaskCatalogue
 from mtopt.v1 import episode_store_pb2, episode_store_pb2_grpc
 
@@ -36,11 +37,7 @@ SERVICE_NAME = episode_store_pb2.DESCRIPTOR.services_by_name["EpisodeStore"].ful
 def build_backend(config: EpisodeStoreConfig) -> EpisodeBackend:
     """The storage backend the config asks for (the local one takes its directory's lock)."""
     if config.backend == "s3":
-        return MinioBackend(
-            config.s3_endpoint, config.s3_bucket, config.s3_access_key, config.s3_secret_key,
-            secure=config.s3_secure, region=config.s3_region or None, create_bucket=config.s3_create_bucket,
-            settle_s=config.watch_settle_s, max_connections=max(config.io_workers, 10),
-        )
+        return MinioBackend(**s3_backend_args(config), settle_s=config.watch_settle_s, max_connections=max(config.io_workers, 10))
     return LocalDirBackend(config.directory, fsync=config.fsync)
 
 

@@ -44,6 +44,7 @@ from mtopt.episode_store.layout import (
     by_id_key,
     data_key,
 )
+from mtopt.serving.s3 import make_minio_client
 
 
 class StorageUnavailableError(RuntimeError):
@@ -132,6 +133,24 @@ class ObjectStoreBackend(EpisodeBackend):
 
     @abc.abstractmethod
     def _exists(self, key: str) -> bool: ...
+
+    # -- public object access (for other stores built on these backends, e.g. model_registry) --
+    # Subclasses override the underscore primitives above; these only forward to them.
+    def put_object(self, key: str, data: bytes) -> None:
+        """Writes an object atomically (readers see all of it or nothing)."""
+        self._put(key, data)
+
+    def put_object_if_absent(self, key: str, data: bytes) -> bool:
+        """Creates an object only if none exists; False if one did."""
+        return self._put_if_absent(key, data)
+
+    def get_object(self, key: str) -> bytes | None:
+        """An object's bytes, or None if it does not exist."""
+        return self._get(key)
+
+    def object_exists(self, key: str) -> bool:
+        """Whether an object exists."""
+        return self._exists(key)
 
     @abc.abstractmethod
     def _list_log(self, start_after: str, limit: int) -> Iterable[str]:
@@ -357,17 +376,10 @@ class MinioBackend(ObjectStoreBackend):
         max_connections: int = 32, timeout_s: float = 30.0,
     ):
         super().__init__(settle_s=settle_s)
-        import urllib3
-        from minio import Minio
-
         self.endpoint, self.bucket, self._create_bucket = endpoint, bucket, create_bucket
-        http = urllib3.PoolManager(
-            maxsize=max_connections,
-            timeout=urllib3.Timeout(connect=min(5.0, timeout_s), read=timeout_s),
-            retries=urllib3.Retry(total=2, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
+        self.client, self._http = make_minio_client(
+            endpoint, access_key, secret_key, secure=secure, region=region, max_connections=max_connections, timeout_s=timeout_s,
         )
-        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region, http_client=http)
-        self._http = http
         self._bucket_ok = False
 
     def _call(self, what: str, fn, *args, **kwargs):

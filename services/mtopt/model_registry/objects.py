@@ -89,13 +89,13 @@ class LocalDirObjects(ObjectStore):
             raise StorageUnavailableError(f"cannot use model directory {self.root}: {e.__cause__ or e}; set a writable directory") from e
 
     def put(self, key: str, data: bytes) -> None:
-        self._files._put(key, data)
+        self._files.put_object(key, data)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
-        return self._files._put_if_absent(key, data)
+        return self._files.put_object_if_absent(key, data)
 
     def get(self, key: str) -> bytes | None:
-        return self._files._get(key)
+        return self._files.get_object(key)
 
     def get_range(self, key: str, offset: int, length: int) -> bytes | None:
         try:
@@ -154,19 +154,19 @@ class MinioObjects(ObjectStore):
         return StorageUnavailableError(f"S3 {what} on {self.endpoint}/{self.bucket} failed: {detail}")
 
     def put(self, key: str, data: bytes) -> None:
-        self._s3._put(key, data)
+        self._s3.put_object(key, data)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
-        return self._s3._put_if_absent(key, data)
+        return self._s3.put_object_if_absent(key, data)
 
     def get(self, key: str) -> bytes | None:
-        return self._s3._get(key)
+        return self._s3.get_object(key)
 
     def get_range(self, key: str, offset: int, length: int) -> bytes | None:
         from minio.error import S3Error
 
         if length <= 0:
-            return b"" if self._s3._exists(key) else None
+            return b"" if self._s3.object_exists(key) else None
         try:
             response = self.client.get_object(self.bucket, key, offset=offset, length=length)
         except S3Error as e:

@@ -26,6 +26,7 @@ from mtopt.model_registry.registry import Registry
 from mtopt.model_registry.servicer import ModelRegistryServicer
 from mtopt.model_registry.watch import WatchHub
 from mtopt.serving import GrpcService, MetricsServer, run_service
+from mtopt.serving.s3 import s3_backend_args
 from mtopt.v1 import model_registry_pb2, model_registry_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,7 @@ SERVICE_NAME = model_registry_pb2.DESCRIPTOR.services_by_name["ModelRegistry"].f
 def build_objects(config: ModelRegistryConfig) -> ObjectStore:
     """The object store the config asks for (the local one takes its directory's lock)."""
     if config.backend == "s3":
-        return MinioObjects(
-            config.s3_endpoint, config.s3_bucket, config.s3_access_key, config.s3_secret_key,
-            secure=config.s3_secure, region=config.s3_region or None, create_bucket=config.s3_create_bucket,
-            max_connections=max(config.io_workers, 10),
-        )
+        return MinioObjects(**s3_backend_args(config), max_connections=max(config.io_workers, 10))
     return LocalDirObjects(config.directory, fsync=config.fsync)
 
 

@@ -18,16 +18,6 @@ CONFIG = MTOptConfig(image_size=SIZE, channels=CH)  # gamma 0.9, CEM (2, 64, 6)
 SMALL = MTOptConfig(image_size=SIZE, channels=CH, cem_samples=16, cem_elites=4)  # cheaper for the naive reference
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These networks are tiny: intra-op threads buy nothing, and on a busy 2-core machine OpenMP
-    spin-waiting makes them 10x slower. Pin torch to one thread per test, then restore."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def logit(p):
     return math.log(p / (1 - p))
 

@@ -1,23 +1,12 @@
 """Unit tests of the cross-entropy method (mtopt.core.cem) and its numpy twin (mtopt.onnx_policy)."""
 
 import numpy as np
-import pytest
 import torch
 
 from mtopt.core.cem import cem_argmax
 from mtopt.onnx_policy import cem_argmax_np
 
 A0 = torch.tensor([[0.3, -0.5, 0.2, 0.1], [-0.7, 0.6, -0.1, 0.4], [0.0, 0.85, -0.6, -0.3]])
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These networks are tiny: intra-op threads buy nothing, and on a busy 2-core machine OpenMP
-    spin-waiting makes them 10x slower. Pin torch to one thread per test, then restore."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def quadratic(a0):

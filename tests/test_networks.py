@@ -16,16 +16,6 @@ from mtopt.robot import ACTION_DIM, Observation, canonical_action
 SLOTS, SIZE, CH = 32, 64, 8
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These networks are tiny: intra-op threads buy nothing, and on a busy 2-core machine OpenMP
-    spin-waiting makes them 10x slower. Pin torch to one thread per test, then restore."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def images(b, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (b, SIZE, SIZE, 3), dtype=torch.uint8, generator=g)

@@ -107,7 +107,15 @@ def test_replicas_over_one_bucket_agree(make_registry, backend_kind):
     assert not errors and sorted(r.version for r in replies) == [2, 3, 4, 5, 6, 7]
     b.client.set_alias(MODEL, "stable", 4)
     b.client.pin(MODEL, "robot-2", 3)
-    wait_until(lambda: a.client.resolve("robot-2").version.version == 3, what="A to see B's pin")
+    def a_resolves_pin():
+        try:
+            return a.client.resolve("robot-2").version.version == 3
+        except grpc.RpcError as e:  # A has not read B's latest log entries yet (stable not set)
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            return False
+
+    wait_until(a_resolves_pin, what="A to see B's pin")
     assert a.client.resolve("robot-1").version.version == 4
     assert a.client.get_version(MODEL, alias="latest").version == 7
     listed = [v.version for v in a.client.list_versions(MODEL)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from harness_factory import closing_factory
+from registry_harness import RegistryHarness, registry_config
 from store_harness import LoopThread, MinioInfo, MinioNotInstalled, StoreHarness, run_minio, store_config
 
 
@@ -53,3 +54,20 @@ def make_store(request, aio_loop, tmp_path, backend_kind):
 @pytest.fixture
 def store(make_store) -> StoreHarness:
     return make_store()
+
+
+@pytest.fixture
+def make_registry(request, aio_loop, tmp_path, backend_kind):
+    """Factory: make_registry(**config_overrides) -> a started RegistryHarness (stopped after the test)."""
+
+    def make(objects_factory=None, **overrides) -> RegistryHarness:
+        minio = request.getfixturevalue("minio_server") if backend_kind == "s3" else None
+        return RegistryHarness(aio_loop, registry_config(tmp_path, backend_kind, minio, **overrides), objects_factory)
+
+    with closing_factory(make) as factory:
+        yield factory
+
+
+@pytest.fixture
+def registry(make_registry) -> RegistryHarness:
+    return make_registry()

@@ -8,7 +8,7 @@ import hashlib
 import grpc
 import pytest
 
-from test_model_registry_api import MODEL, make_registry, registry, weights  # noqa: F401 - fixtures
+from registry_harness import MODEL, weights
 from mtopt.model_registry.client import publish_chunks
 from mtopt.v1 import common_pb2, model_registry_pb2 as pb
 

@@ -16,9 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from store_harness import REPO, free_port
-from test_model_registry_api import (  # noqa: F401 - fixtures
-    MODEL, Watcher, brief, make_registry, registry, registry_config, wait_until, weights,
-)
+from registry_harness import MODEL, registry_config, wait_until, weights
+from test_model_registry_api import Watcher, brief
 from mtopt.model_registry import load_config, start_model_registry
 from mtopt.model_registry.client import RegistryClient
 from mtopt.model_registry.objects import LocalDirObjects

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from test_model_registry_api import MODEL, weights
+from registry_harness import MODEL, weights
 from mtopt.model_registry.client import artifact_kind
 from mtopt.model_registry.errors import NotFoundError, PreconditionError, StorageUnavailableError
 from mtopt.model_registry.layout import (

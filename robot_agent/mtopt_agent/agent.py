@@ -244,7 +244,7 @@ class RobotAgent:
         self.metrics.episodes.labels(task.name, kind).inc()
         success = ground_truth.get(task.name) if ground_truth else None
         if success:
-            self.metrics.ground_truth_successes.labels(task.name).inc()
+            self.metrics.ground_truth_successes.labels(task.name, kind).inc()
         return EpisodeReport(episode.episode_id, task.name, kind, episode.policy_version, episode.num_steps,
                              sequenced, self._holding, len(data), success)
 

@@ -52,6 +52,9 @@ class AgentConfig:
     poll if the registry lacks it) or poll (Resolve every MTOPT_AGENT_POLL_INTERVAL_S)."""
     poll_interval_s: float = 5.0
     """Seconds between Resolve calls in poll mode (and between reconnects of a broken watch)."""
+    min_model_step: int = 0
+    """Run only versions trained for at least this many steps; until one appears the robot keeps
+    the scripted bootstrap policy (so early data is not collected by an untrained network)."""
     model_dir: Path | None = None
     """Directory with q_tower.onnx and q_head.onnx to run without a registry (offline robots,
     demos); ignored when MTOPT_AGENT_REGISTRY_ADDRESS is set."""
@@ -128,6 +131,7 @@ class AgentConfig:
         check(bool(self.store_address), v("store_address"), "must be the gRPC target of episode_store, e.g. episode-store:50051")
         check(bool(self.model), v("model"), "must name the registry model, e.g. q_function")
         check(self.weights_mode in WEIGHTS_MODES, v("weights_mode"), f"must be one of {', '.join(WEIGHTS_MODES)}, got {self.weights_mode!r}")
+        check(self.min_model_step >= 0, v("min_model_step"), f"must be >= 0, got {self.min_model_step}")
         check(self.poll_interval_s > 0, v("poll_interval_s"), "must be > 0")
         check(self.spool_max_bytes > 0, v("spool_max_bytes"), f"must be > 0, got {self.spool_max_bytes}")
         check(0.0 <= self.epsilon <= 1.0, v("epsilon"), f"must lie in [0, 1], got {self.epsilon}")

@@ -29,7 +29,8 @@ class AgentMetrics:
         )
         self.ground_truth_successes = Counter(
             "mtopt_robot_agent_ground_truth_successes_total",
-            "Episodes whose own task succeeded by ground truth (simulated robots only).", ["task"], registry=r,
+            "Episodes whose own task succeeded by ground truth (simulated robots only), by task and policy kind.",
+            ["task", "policy"], registry=r,
         )
         self.episodes_aborted = Counter(
             "mtopt_robot_agent_episodes_aborted_total",

@@ -126,7 +126,7 @@ class AgentRuntime:
                 alias=c.model_alias, mode=c.weights_mode, poll_interval_s=c.poll_interval_s,
                 rpc_timeout_s=c.rpc_timeout_s, download_timeout_s=c.download_timeout_s,
                 policy_factory=onnx_policy_factory(seed=c.seed, **cem), catalogue=self.catalogue, probe=probe,
-                metrics=self.metrics, backoff=backoff,
+                metrics=self.metrics, backoff=backoff, min_model_step=c.min_model_step,
             )
         if c.model_dir is not None:
             version_file = c.model_dir / "version"

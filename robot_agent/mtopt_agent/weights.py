@@ -160,6 +160,7 @@ class RegistryParameterSource(ParameterSource):
         metrics: AgentMetrics | None = None,
         backoff: RetryPolicy = RetryPolicy(initial_backoff_s=0.2, max_backoff_s=5.0),
         download_attempts: int = 5,
+        min_model_step: int = 0,
     ):
         """
         Args:
@@ -177,6 +178,7 @@ class RegistryParameterSource(ParameterSource):
         self.catalogue, self.probe = catalogue, probe
         self.metrics = metrics if metrics is not None else AgentMetrics()
         self.backoff, self.download_attempts = backoff, download_attempts
+        self.min_model_step = min_model_step
         self._rng = random.Random()
         self._cond = threading.Condition()
         self._latest: LoadedPolicy | None = None
@@ -287,6 +289,10 @@ class RegistryParameterSource(ParameterSource):
         with self._cond:
             if v <= 0 or (self._latest is not None and self._latest.version == v) or v in self._bad:
                 return
+        if version.step < self.min_model_step:
+            log.info("%s version %d is at step %d < MTOPT_AGENT_MIN_MODEL_STEP=%d: not loaded", self.model, v, version.step,
+                     self.min_model_step)
+            return
         try:
             loaded = self._load(version, how)
         except BadVersionError as e:

@@ -173,3 +173,17 @@ def test_agent_swaps_only_between_episodes_and_reports_the_version(registry, onn
     assert [m.policy_version for m in msgs] == [0, v1, v1, v2]
     assert [m.policy_name for m in msgs] == ["scripted", "cem", "cem", "cem"]
     assert [m.metadata["loaded_version"] for m in msgs] == ["0", str(v1), str(v1), str(v2)]
+
+
+def test_versions_below_min_model_step_are_not_loaded(registry, stub, onnx_models):
+    source = _source(stub, mode="watch", min_model_step=250)
+    source.start()
+    try:
+        v1 = registry.publish(onnx_models[1])  # step 100
+        v2 = registry.publish(onnx_models[2])  # step 200
+        assert not source.wait_for(v2, 1.0) and source.latest() is None  # the scripted policy keeps running
+        v3 = registry.publish(onnx_models[1])  # step 300
+        assert source.wait_for(v3, 30) and v1 < v2 < v3
+        assert not source.bad_versions  # skipped, not marked bad
+    finally:
+        source.close()

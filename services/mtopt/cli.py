@@ -45,6 +45,24 @@ def _experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mtopt.up.run import run_up
+    from mtopt.up.topology import UpConfig
+
+    cfg = UpConfig(
+        data_dir=Path(args.data_dir), robots=args.robots, bellman_workers=args.bellman_workers, duration_s=args.duration,
+        s3_endpoint=args.s3_endpoint, s3_bucket=args.s3_bucket, s3_secure=args.s3_secure,
+        tasks=tuple(t for t in args.tasks.split(",") if t), fixed_ports=args.fixed_ports, seed=args.seed,
+        min_model_step=args.min_model_step, publish_every_steps=args.publish_every_steps,
+        sd_examples_per_task=args.sd_examples_per_task, sd_min_episodes=args.sd_min_episodes,
+        sd_train_steps=args.sd_train_steps, epsilon=args.epsilon, threads_per_process=args.threads,
+    )
+    summary = run_up(cfg, view=False if args.no_view else None)
+    return 0 if summary["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtopt", description="MT-Opt continuous multi-task robot learning")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +90,27 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--quick", action="store_true", help="a tiny budget: checks the pipeline, learns little")
     exp.add_argument("--no-progress", action="store_true")
     exp.set_defaults(func=_experiment)
+
+    up = sub.add_parser("up", help="run every service as its own process on this machine, with simulated robots")
+    up.add_argument("--robots", type=int, default=4, help="simulated robots (one agent process each)")
+    up.add_argument("--bellman-workers", type=int, default=2)
+    up.add_argument("--duration", type=float, default=0.0, help="stop after S seconds (default: until Ctrl-C)")
+    up.add_argument("--data-dir", default="mtopt-data", help="local storage, spools and logs")
+    up.add_argument("--s3-endpoint", default="", help="host:port of MinIO/S3 (credentials: MTOPT_S3_ACCESS_KEY/MTOPT_S3_SECRET_KEY)")
+    up.add_argument("--s3-bucket", default="mtopt")
+    up.add_argument("--s3-secure", action="store_true", help="HTTPS to the S3 endpoint")
+    up.add_argument("--tasks", default="", help="comma-separated tasks the robots practise (default: all)")
+    up.add_argument("--fixed-ports", action="store_true", help="the chart's ports 50051-50056 instead of free ones")
+    up.add_argument("--seed", type=int, default=0)
+    up.add_argument("--min-model-step", type=int, default=100, help="robots stay scripted until a version this trained")
+    up.add_argument("--publish-every-steps", type=int, default=50, help="trainer publishes a version every K steps")
+    up.add_argument("--sd-examples-per-task", type=int, default=200)
+    up.add_argument("--sd-min-episodes", type=int, default=600, help="episodes before the labeller trains the SD")
+    up.add_argument("--sd-train-steps", type=int, default=600)
+    up.add_argument("--epsilon", type=float, default=0.2, help="robots' random-action probability per step")
+    up.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    up.add_argument("--no-view", action="store_true", help="a status line every 10 s instead of the live view")
+    up.set_defaults(func=_up)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -1,0 +1,103 @@
+"""`mtopt up`: the whole system on one machine, every service its own process, simulated robots.
+
+    run_up(UpConfig(robots=4, duration_s=300))     # -> the summary dict (also printed as JSON)
+
+Start order: model_registry, episode_store, success_detector, trainer, log_replay, Bellman
+workers, robots, the simulated labeller (which trains the first success detector once enough
+scripted episodes are stored). Stops cleanly after `duration_s`, on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from mtopt.up.monitor import Monitor, render
+from mtopt.up.supervisor import ProcessFailed, Supervisor, health_status
+from mtopt.up.topology import UpConfig, allocate_ports, build_topology
+
+log = logging.getLogger(__name__)
+
+
+def _summary(config: UpConfig, state: dict, codes: dict[str, int | None], error: str | None) -> dict:
+    return {
+        "ok": error is None,
+        "error": error,
+        "duration_s": round(state.get("elapsed_s", 0.0), 1),
+        "episodes_stored": state.get("episodes_stored", 0),
+        "train_steps": state.get("train_steps", 0),
+        "model_versions_published": state.get("versions_published", 0),
+        "newest_model_version": state.get("newest_version", 0),
+        "robot_versions": {name: r["model_version"] for name, r in state.get("robots", {}).items()},
+        "sd_version": state.get("sd_version", 0),
+        "bellman_targets": {name: b["targets"] for name, b in state.get("bellman", {}).items()},
+        "per_task_success": {
+            task: {
+                "episodes": row["episodes"],
+                "scripted": row["scripted_success"],
+                "learned": row["cem_success"],
+                "learned_recent": row["cem_recent_success"],
+                "learned_recent_episodes": row["cem_recent_episodes"],
+                "sd": row["sd_success"],
+            }
+            for task, row in state.get("tasks", {}).items()
+        },
+        "exit_codes": codes,
+        "data_dir": str(config.data_dir),
+    }
+
+
+def run_up(config: UpConfig, *, view: bool | None = None, out=sys.stdout) -> dict:
+    """Runs the system until the duration ends or a signal arrives; returns the summary."""
+    if config.s3 and not (os.environ.get("MTOPT_S3_ACCESS_KEY") or os.environ.get("AWS_ACCESS_KEY_ID")):
+        raise SystemExit("mtopt up --s3-endpoint: set MTOPT_S3_ACCESS_KEY and MTOPT_S3_SECRET_KEY (or AWS_*) first")
+    view = out.isatty() if view is None else view
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    specs = build_topology(config, allocate_ports(config))
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    monitor = Monitor(specs)
+    state: dict = {}
+    error: str | None = None
+    supervisor = Supervisor(specs, config.data_dir / "logs", grace_s=config.grace_s)
+    try:
+        print(f"mtopt up: {len(specs)} processes, data in {config.data_dir}, logs in {config.data_dir / 'logs'}", file=out)
+        supervisor.start_all(on_started=lambda s: print(
+            f"  started {s.name:<17} {s.address if s.grpc_port else '':<16} metrics :{s.metrics_port}", file=out))
+        t0 = time.monotonic()
+        last_line = 0.0
+        success_window = max(60.0, 0.25 * config.duration_s)
+        while not stop.is_set():
+            supervisor.check()
+            monitor.poll()
+            state = monitor.state(success_window_s=success_window)
+            now = time.monotonic()
+            if view:
+                health = {s.name: health_status(s.address) for s in specs if s.grpc_port is not None and s.role != "bellman"}
+                out.write("\x1b[H\x1b[2J" + render(state, health) + "\n")
+                out.flush()
+            elif now - last_line >= 10:
+                last_line = now
+                print(f"[{state['elapsed_s']:5.0f}s] episodes {state['episodes_stored']} SD v{state['sd_version']} "
+                      f"step {state['train_steps']} model v{state['newest_version']} "
+                      f"targets/s {state['targets_per_s']:.0f}", file=out, flush=True)
+            if config.duration_s and now - t0 >= config.duration_s:
+                break
+            stop.wait(2.0)
+        monitor.poll()
+        state = monitor.state(success_window_s=success_window)
+    except ProcessFailed as e:
+        error = str(e)
+        print(f"mtopt up: {e}", file=sys.stderr)
+    finally:
+        codes = supervisor.stop_all()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    summary = _summary(config, state, codes, error)
+    print(json.dumps(summary), file=out, flush=True)
+    return summary

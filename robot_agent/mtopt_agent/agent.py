@@ -76,6 +76,8 @@ class CollectSettings:
     image_encoding: str = "png"
     """png or jpeg."""
     jpeg_quality: int = 95
+    episode_period_s: float = 0.0
+    """Shortest time per episode: paces a simulated robot like a real one (0: flat out)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,7 +277,10 @@ class RobotAgent:
         while not stop.is_set() and (max_episodes <= 0 or done < max_episodes):
             if not self.wait_for_spool_space(stop):
                 break
+            started = time.monotonic()
             report = self.run_episode()
+            if self.settings.episode_period_s > 0:
+                stop.wait(max(0.0, self.settings.episode_period_s - (time.monotonic() - started)))
             if report is None:
                 continue
             done += 1

@@ -85,6 +85,9 @@ class AgentConfig:
     always random UUIDs, so a restarted robot never reuses one."""
     max_steps: int = 4
     """Longest episode in steps; an episode ends earlier when the policy chooses TERMINATE."""
+    episode_period_s: float = 0.0
+    """Shortest time per episode in seconds: paces a simulated robot like a real one (a real
+    robot paces itself; 0: as fast as the CPU allows)."""
     max_episodes: int = 0
     """Stop after this many episodes (then upload what is pending and exit); 0: run until SIGTERM."""
     image_encoding: str = "png"
@@ -131,6 +134,7 @@ class AgentConfig:
         check(bool(self.store_address), v("store_address"), "must be the gRPC target of episode_store, e.g. episode-store:50051")
         check(bool(self.model), v("model"), "must name the registry model, e.g. q_function")
         check(self.weights_mode in WEIGHTS_MODES, v("weights_mode"), f"must be one of {', '.join(WEIGHTS_MODES)}, got {self.weights_mode!r}")
+        check(self.episode_period_s >= 0, v("episode_period_s"), f"must be >= 0, got {self.episode_period_s}")
         check(self.min_model_step >= 0, v("min_model_step"), f"must be >= 0, got {self.min_model_step}")
         check(self.poll_interval_s > 0, v("poll_interval_s"), "must be > 0")
         check(self.spool_max_bytes > 0, v("spool_max_bytes"), f"must be > 0, got {self.spool_max_bytes}")

@@ -98,6 +98,7 @@ class AgentRuntime:
             epsilon=config.epsilon, scripted_fraction=config.scripted_fraction,
             sequence_probability=config.sequence_probability, sequence_skills=config.sequence_skills,
             max_steps=config.max_steps, image_encoding=config.image_encoding, jpeg_quality=config.jpeg_quality,
+            episode_period_s=config.episode_period_s,
         )
         self.agent = RobotAgent(
             self.robot, self.catalogue, self.spool, robot_id=config.robot_id, settings=settings,

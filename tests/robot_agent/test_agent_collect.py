@@ -106,6 +106,15 @@ class _Pendulum(Robot):
         return self.observe()
 
 
+def test_episode_period_paces_a_simulated_robot(tmp_path):
+    import time
+
+    paced = _agent(tmp_path, episode_period_s=0.15)
+    t0 = time.monotonic()
+    assert paced.run(threading.Event(), max_episodes=4) == 4
+    assert time.monotonic() - t0 >= 4 * 0.15  # never faster than the period
+
+
 def test_any_robot_can_be_driven(tmp_path):
     agent = _agent(tmp_path, robot=_Pendulum(), max_steps=5)
     reports = [agent.run_episode() for _ in range(5)]

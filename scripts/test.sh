@@ -11,4 +11,5 @@ fi
 .venv/bin/pip install -q -e '.[dev]'
 bash scripts/install_tools.sh   # MinIO server into .tools/bin (pinned go install; no-op when present)
 .venv/bin/python scripts/gen_protos.py --check
+.venv/bin/python scripts/gen_api_docs.py --check   # docs/api.md generated from the same protos
 exec .venv/bin/python -m pytest -q "$@"

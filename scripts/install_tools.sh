@@ -4,12 +4,17 @@
 # Usage: bash scripts/install_tools.sh            # installs everything
 #        MTOPT_TOOLS_BIN=/some/dir bash scripts/install_tools.sh
 # Tests find the binaries through MTOPT_TOOLS_BIN (default <repo>/.tools/bin).
+# Installs: minio (services tests), helm and helm-unittest (chart tests under tests/deploy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # MinIO publishes RELEASE.* tags that are not semver, so the Go module proxy serves it as a
 # pseudo-version. This one is MinIO's master of 2026-02-12 (commit 7aac2a2c5b7c).
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+# Helm 3 (the chart is apiVersion v2) and the helm-unittest plugin (v1.0.1 is the newest tag
+# that `go install` accepts; later tags carry replace directives).
+HELM_VERSION=v3.22.0
+HELM_UNITTEST_VERSION=v1.0.1
 
 BIN=${MTOPT_TOOLS_BIN:-$PWD/.tools/bin}
 mkdir -p "$BIN"
@@ -34,3 +39,22 @@ go_install() {
 }
 
 go_install minio github.com/minio/minio "$MINIO_VERSION"
+go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
+# The checksum database does not know helm-unittest v1.0.1 (a 404 from sum.golang.org), so its
+# own module is fetched without that check; its dependencies are still verified.
+GONOSUMDB=github.com/helm-unittest go_install helm-unittest github.com/helm-unittest/helm-unittest/cmd/helm-unittest "$HELM_UNITTEST_VERSION"
+
+# helm-unittest also as a Helm plugin directory (offline: no `helm plugin install` download), so
+# `HELM_PLUGINS=.tools/helm-plugins helm unittest CHART` works like on a developer's machine.
+# The tests call the binary directly.
+PLUGIN_DIR=${MTOPT_TOOLS_PLUGINS:-$PWD/.tools/helm-plugins}/unittest
+mkdir -p "$PLUGIN_DIR"
+ln -sf "$BIN/helm-unittest" "$PLUGIN_DIR/untt"
+cat >"$PLUGIN_DIR/plugin.yaml" <<YAML
+name: "unittest"
+version: "${HELM_UNITTEST_VERSION#v}"
+usage: "unittest for helm charts"
+description: "Unit test for helm chart in YAML with ease to keep your chart functional and robust."
+ignoreFlags: false
+command: "\$HELM_PLUGIN_DIR/untt"
+YAML

@@ -46,6 +46,7 @@ class Batch:
     rewards: np.ndarray  # (B,) float32
     dones: np.ndarray  # (B,) float32
     successes: np.ndarray  # (B,) bool: the episode succeeded for that task
+    episode_ids: list[str] = dataclasses.field(default_factory=list)  # source episode of each row
 
     def __len__(self) -> int:
         return int(self.tasks.shape[0])
@@ -205,4 +206,5 @@ class ReplayBuffer:
             rewards=rewards,
             dones=dones,
             successes=ok,
+            episode_ids=[e for _, e, _ in picks],
         )

@@ -1,0 +1,63 @@
+"""success_detector end to end with a real model registry (local dir and MinIO): examples from
+the simulator's ground truth -> TrainVersion -> READY -> Classify separates successes from
+failures; restarts keep the serving version."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from registry_harness import wait_until
+from sd_harness import READY, make_sd, sim_final_images  # noqa: F401 - fixture
+from mtopt.success_detector.models import MODEL, SERVING_ALIAS
+from mtopt.v1 import success_detector_pb2 as sd_pb
+
+TASK = "lift-any"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def sim_data():
+    images, labels = sim_final_images(300, TASK, seed=1)
+    assert 40 < labels.sum() < 260, "the scripted policy should give both outcomes"
+    return images, labels
+
+
+def test_train_ready_classify_separates_successes(make_registry, make_sd, sim_data):
+    registry = make_registry()
+    sd = make_sd(registry)
+    images, labels = sim_data
+    train, test = slice(0, 220), slice(220, 300)
+    version = sd.train_ready_version(images[train], [TASK] * 220, labels[train])
+    assert version == 1
+
+    v = sd.stub.GetVersion(sd_pb.GetSdVersionRequest(version=0), timeout=10)
+    assert v.version == version and v.state == READY and v.serving
+    assert [t.name for t in v.tasks] == [TASK] and v.num_examples == 220
+    assert "eval/accuracy" in v.metrics and f"eval/accuracy/{TASK}" in v.metrics and v.registry_version >= 1
+
+    reply = sd.classify(images[test], [TASK])
+    assert reply.sd_version == version and list(reply.tasks) == [TASK]
+    probs = np.array([s.probabilities[0] for s in reply.scores])
+    y = labels[test]
+    assert probs[y].mean() > probs[~y].mean() + 0.25, (probs[y].mean(), probs[~y].mean())
+    assert ((probs > 0.5) == y).mean() > 0.75
+
+    # Empty task list: every task the version knows; the same scores.
+    all_tasks = sd.classify(images[test][:3])
+    assert list(all_tasks.tasks) == [TASK]
+    np.testing.assert_allclose([s.probabilities[0] for s in all_tasks.scores], probs[:3], rtol=1e-5)
+
+    # Published to the registry as model success_detector, with the serving alias.
+    mv = registry.client.get_version(MODEL, alias=SERVING_ALIAS)
+    assert mv.version == v.registry_version and mv.labels["sd_version"] == str(version)
+    assert {a.name for a in mv.artifacts} == {"sd.pt"} and "network" in mv.labels
+    assert sd.metric("mtopt_success_detector_serving_version") == version
+    assert sd.metric("mtopt_success_detector_train_runs_total", result="ready") == 1
+    assert sd.metric("mtopt_success_detector_examples", task=TASK, label="positive") == labels[train].sum()
+    assert sd.metric("mtopt_success_detector_images_classified_total") == 83

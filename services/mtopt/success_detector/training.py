@@ -135,9 +135,16 @@ def train_and_evaluate(
         network = network_kwargs(catalogue.num_slots, settings.image_size, settings.channels)
         sd = SuccessDetector(catalogue.num_slots, settings.image_size, settings.channels, device=settings.device)
     epochs = epochs_for(settings.train_steps, len(train), settings.batch_size)
-    losses = sd.fit(train, epochs=epochs, batch_size=settings.batch_size, lr=settings.learning_rate, seed=settings.seed)
-    if cancelled is not None and cancelled.is_set():
-        raise TrainingCancelled("the service stopped while this version was training; train it again")
+
+    def stop_if_cancelled(_module, _inputs):  # checked before every forward pass: a stop ends fit() within one batch
+        if cancelled is not None and cancelled.is_set():
+            raise TrainingCancelled("the service stopped while this version was training")
+
+    hook = sd.net.register_forward_pre_hook(stop_if_cancelled)
+    try:
+        losses = sd.fit(train, epochs=epochs, batch_size=settings.batch_size, lr=settings.learning_rate, seed=settings.seed)
+    finally:
+        hook.remove()
     metrics = {"train/loss": float(losses[-1]), "train/epochs": float(epochs), "train/num_examples": float(len(train))}
     metrics |= evaluate(sd, test, catalogue, settings.threshold, "eval")
     metrics |= {k: v for k, v in evaluate(sd, train, catalogue, settings.threshold, "train").items() if k.count("/") == 1}

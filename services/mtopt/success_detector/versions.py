@@ -314,6 +314,9 @@ class VersionManager:
         """Stops training: a version in training is left PENDING (trained again at the next start)."""
         self._cancel.set()
         self._trainer.shutdown(wait=False, cancel_futures=True)
+        running = [f for f in self._jobs if not f.done()]
+        if running:  # the running job stops within one batch and saves its record as PENDING
+            await asyncio.wait(running, timeout=30)
 
 
 def _predict(sd, images: list, slots: list[int], size: int) -> np.ndarray:

@@ -117,3 +117,17 @@ def test_health_not_serving_until_the_registry_answers(make_registry, make_sd, t
     make_registry(port=absent.port)
     sd.wait_ready(30)
     assert check() == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_versions_are_found_in_the_registry_when_the_records_are_lost(make_registry, make_sd, tmp_path):
+    sd = make_sd(make_registry(), train_steps=10)
+    version = sd.train_ready_version(_images(4), [TASK] * 4, [True, False] * 2)
+    images = _images(2, seed=3)
+    before = [list(s.probabilities) for s in sd.classify(images).scores]
+    fresh = dict(directory=tmp_path / "sd-empty") if sd.kind == "local" else dict(s3_bucket=f"sd-empty-{version}-{id(sd)}")
+    sd.restart(**fresh)  # empty example storage; the registry still holds the published versions
+    served = sd.stub.GetVersion(sd_pb.GetSdVersionRequest(), timeout=10)
+    assert served.version == version and served.serving and served.state == READY and [t.name for t in served.tasks] == [TASK]
+    np.testing.assert_allclose([list(s.probabilities) for s in sd.classify(images).scores], before, rtol=1e-5)
+    sd.add_examples(_images(4, seed=4), [TASK] * 4, [True, False] * 2)
+    assert sd.train(request_id="after-loss").version == version + 1  # numbers never reused

@@ -131,3 +131,21 @@ def test_versions_are_found_in_the_registry_when_the_records_are_lost(make_regis
     np.testing.assert_allclose([list(s.probabilities) for s in sd.classify(images).scores], before, rtol=1e-5)
     sd.add_examples(_images(4, seed=4), [TASK] * 4, [True, False] * 2)
     assert sd.train(request_id="after-loss").version == version + 1  # numbers never reused
+
+
+def test_a_failed_training_is_reported_in_the_version(make_registry, make_sd, backend_kind):
+    if backend_kind == "s3":
+        pytest.skip("removes an example file of the local backend")
+    sd = make_sd(make_registry(), train_steps=5)
+    sd.add_examples(_images(4), [TASK] * 4, [True, False] * 2)
+    lost = sd.server.versions.storage.objects.root / sd.stored_keys()[0]
+    lost.unlink()  # listed in the index, gone from the disk
+    v = sd.train(request_id="doomed")
+    wait_until(lambda: sd.stub.GetVersion(sd_pb.GetSdVersionRequest(version=v.version), timeout=5).state
+               == sd_pb.SD_VERSION_STATE_FAILED, what="the version to fail")
+    failed = sd.stub.GetVersion(sd_pb.GetSdVersionRequest(version=v.version), timeout=5)
+    assert "missing" in failed.error and failed.registry_version == 0 and failed.finished_time.seconds > 0
+    assert sd.metric("mtopt_success_detector_train_runs_total", result="failed") == 1
+    assert code_of(lambda: sd.stub.GetVersion(sd_pb.GetSdVersionRequest(version=0), timeout=5)) == grpc.StatusCode.NOT_FOUND
+    assert code_of(lambda: sd.stub.TrainVersion(sd_pb.TrainVersionRequest(request_id="x", base_version=v.version), timeout=5)) \
+        == grpc.StatusCode.FAILED_PRECONDITION

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from registry_harness import wait_until
 from sd_harness import READY, make_sd, sim_final_images  # noqa: F401 - fixture
 from mtopt.success_detector.models import MODEL, SERVING_ALIAS
 from mtopt.v1 import success_detector_pb2 as sd_pb

@@ -23,6 +23,7 @@ from typing import Awaitable, Callable
 import torch
 
 from mtopt.core.success_detector import SuccessDetector
+from mtopt.success_detector.errors import Precondition
 from mtopt.success_detector.storage import VersionRecord
 
 MODEL = "success_detector"
@@ -86,7 +87,11 @@ class ModelCache:
 
     async def _load(self, record: VersionRecord) -> tuple[SuccessDetector, dict]:
         network, weights = await self._fetch(record.registry_version)
-        sd = await self._run(build_detector, network, weights, self.device)
+        try:
+            sd = await self._run(build_detector, network, weights, self.device)
+        except Exception as e:  # weights that do not fit the declared network: retrying will not help
+            raise Precondition(f"the weights of SD version {record.version} (registry version {record.registry_version}) "
+                               f"cannot be loaded: {type(e).__name__}: {e}", "version_not_ready") from None
         self.put(record.version, sd, network)
         return sd, network
 

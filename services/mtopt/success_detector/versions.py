@@ -146,7 +146,11 @@ class VersionManager:
         except grpc.aio.AioRpcError as e:
             raise Unavailable(f"cannot load the weights of registry version {registry_version} of {MODEL!r}: "
                               f"{e.code().name} {e.details()}") from None
-        return parse_network(mv.labels), blobs[ARTIFACT]
+        try:
+            return parse_network(mv.labels), blobs[ARTIFACT]
+        except ValueError as e:
+            raise Precondition(f"registry version {registry_version} of {MODEL!r} is not a usable SD version: {e}",
+                               "version_not_ready") from None
 
     def _emit(self, event: str, record: VersionRecord | None) -> None:
         for listener in self.listeners:

@@ -4,13 +4,24 @@ failures; restarts keep the serving version."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+
+import grpc
 import numpy as np
 import pytest
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from registry_harness import wait_until
 from sd_harness import READY, make_sd, sim_final_images  # noqa: F401 - fixture
+from store_harness import REPO, free_port
+from mtopt.episode_codec import encode_image
 from mtopt.success_detector.models import MODEL, SERVING_ALIAS
 from mtopt.v1 import success_detector_pb2 as sd_pb
+from mtopt.v1 import success_detector_pb2_grpc as sd_grpc
 
 TASK = "lift-any"
 
@@ -60,3 +71,40 @@ def test_train_ready_classify_separates_successes(make_registry, make_sd, sim_da
     assert sd.metric("mtopt_success_detector_train_runs_total", result="ready") == 1
     assert sd.metric("mtopt_success_detector_examples", task=TASK, label="positive") == labels[train].sum()
     assert sd.metric("mtopt_success_detector_images_classified_total") == 83
+
+
+def test_sigterm_stops_the_entry_point_gracefully(make_registry, tmp_path, backend_kind):
+    if backend_kind == "s3":
+        pytest.skip("the entry point is the same on both backends")
+    registry = make_registry()
+    port, directory = free_port(), tmp_path / "sd-process"
+    env = dict(os.environ, MTOPT_SUCCESS_DETECTOR_PORT=str(port), MTOPT_SUCCESS_DETECTOR_METRICS_PORT=str(free_port()),
+               MTOPT_SUCCESS_DETECTOR_HOST="127.0.0.1", MTOPT_SUCCESS_DETECTOR_DIRECTORY=str(directory),
+               MTOPT_SUCCESS_DETECTOR_REGISTRY_ADDRESS=f"127.0.0.1:{registry.config.port}", MTOPT_SUCCESS_DETECTOR_GRACE_S="2",
+               MTOPT_SUCCESS_DETECTOR_REFRESH_S="0.2")
+    proc = subprocess.Popen([sys.executable, "-m", "mtopt.success_detector"], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def serving():
+                try:
+                    return health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING
+                except grpc.RpcError:
+                    assert proc.poll() is None, proc.stdout.read().decode()
+                    return False
+
+            wait_until(serving, timeout=60, what="the success_detector process to serve")
+            image = encode_image(np.zeros((64, 64, 3), np.uint8))
+            request = sd_pb.AddExamplesRequest(examples=[sd_pb.LabelledExample(example_id="e1", image=image, task=TASK, success=True)])
+            assert sd_grpc.SuccessDetectorStub(channel).AddExamples(request, timeout=10).added == 1
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out.decode()
+        assert b"received SIGTERM" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert len(list((directory / "success_detector" / "examples" / TASK / "positive").iterdir())) == 1

@@ -58,6 +58,7 @@ def _up(args: argparse.Namespace) -> int:
         min_model_step=args.min_model_step, publish_every_steps=args.publish_every_steps,
         sd_examples_per_task=args.sd_examples_per_task, sd_min_episodes=args.sd_min_episodes,
         sd_train_steps=args.sd_train_steps, epsilon=args.epsilon, threads_per_process=args.threads,
+        episode_period_s=args.episode_period,
     )
     summary = run_up(cfg, view=False if args.no_view else None)
     return 0 if summary["ok"] else 1
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--sd-min-episodes", type=int, default=600, help="episodes before the labeller trains the SD")
     up.add_argument("--sd-train-steps", type=int, default=600)
     up.add_argument("--epsilon", type=float, default=0.2, help="robots' random-action probability per step")
+    up.add_argument("--episode-period", type=float, default=0.5, help="shortest seconds per simulated episode")
     up.add_argument("--threads", type=int, default=1, help="torch threads per process")
     up.add_argument("--no-view", action="store_true", help="a status line every 10 s instead of the live view")
     up.set_defaults(func=_up)

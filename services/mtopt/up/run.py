@@ -52,6 +52,22 @@ def _summary(config: UpConfig, state: dict, codes: dict[str, int | None], error:
     }
 
 
+def _finish(supervisor: Supervisor, monitor: Monitor, success_window: float, out, converge_s: float = 30.0) -> dict:
+    """Ends learning first (Bellman workers, then the trainer, which checkpoints), lets every robot
+    pick up the last published version, and returns the final state."""
+    print("mtopt up: stopping Bellman workers and the trainer; robots finish on the last version ...", file=out, flush=True)
+    supervisor.stop_roles(("bellman",))
+    supervisor.stop_roles(("trainer",))
+    deadline = time.monotonic() + converge_s
+    while True:
+        monitor.poll()
+        state = monitor.state(success_window_s=success_window)
+        versions = {r["model_version"] for r in state["robots"].values()}
+        if versions == {state["newest_version"]} or time.monotonic() > deadline:
+            return state
+        time.sleep(0.5)
+
+
 def run_up(config: UpConfig, *, view: bool | None = None, out=sys.stdout) -> dict:
     """Runs the system until the duration ends or a signal arrives; returns the summary."""
     if config.s3 and not (os.environ.get("MTOPT_S3_ACCESS_KEY") or os.environ.get("AWS_ACCESS_KEY_ID")):
@@ -89,8 +105,7 @@ def run_up(config: UpConfig, *, view: bool | None = None, out=sys.stdout) -> dic
             if config.duration_s and now - t0 >= config.duration_s:
                 break
             stop.wait(2.0)
-        monitor.poll()
-        state = monitor.state(success_window_s=success_window)
+        state = _finish(supervisor, monitor, success_window, out)
     except ProcessFailed as e:
         error = str(e)
         print(f"mtopt up: {e}", file=sys.stderr)

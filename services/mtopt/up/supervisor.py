@@ -75,6 +75,7 @@ class Supervisor:
     def __init__(self, specs: list[ProcessSpec], log_dir: Path, *, grace_s: float = 10.0, start_timeout_s: float = 120.0):
         self.specs, self.log_dir, self.grace_s, self.start_timeout_s = specs, log_dir, grace_s, start_timeout_s
         self.running: dict[str, Running] = {}
+        self.exit_codes: dict[str, int | None] = {}
 
     def __enter__(self) -> "Supervisor":
         return self
@@ -125,6 +126,10 @@ class Supervisor:
         r = self.running.get(name)
         return r is not None and r.proc.poll() == 0
 
+    def stop_roles(self, roles: tuple[str, ...]) -> None:
+        """Stops the processes of these roles (SIGTERM together, grace, SIGKILL); the rest run on."""
+        self._stop_group([r for r in self.running.values() if r.spec.role in roles])
+
     def stop_all(self) -> dict[str, int | None]:
         """SIGTERM in reverse start order (one wave per group), grace, then SIGKILL. Exit codes by name."""
         order = list(reversed(list(self.running.values())))
@@ -135,17 +140,20 @@ class Supervisor:
             else:
                 groups.append([r])
         for group in groups:
-            for r in group:
-                if r.proc.poll() is None:
-                    r.proc.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + self.grace_s + 5
-            for r in group:
-                try:
-                    r.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    log.warning("%s did not stop within %.0f s of SIGTERM: killing it", r.spec.name, self.grace_s + 5)
-                    r.proc.kill()
-                    r.proc.wait()
-        codes = {name: r.proc.returncode for name, r in self.running.items()}
-        self.running.clear()
-        return codes
+            self._stop_group(group)
+        return dict(self.exit_codes)
+
+    def _stop_group(self, group: list[Running]) -> None:
+        for r in group:
+            if r.proc.poll() is None:
+                r.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s + 5
+        for r in group:
+            try:
+                r.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0f s of SIGTERM: killing it", r.spec.name, self.grace_s + 5)
+                r.proc.kill()
+                r.proc.wait()
+            self.exit_codes[r.spec.name] = r.proc.returncode
+            self.running.pop(r.spec.name, None)

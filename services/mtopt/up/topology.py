@@ -50,6 +50,8 @@ class UpConfig:
     """Stored episodes the labeller waits for before it labels examples and trains the SD."""
     sd_train_steps: int = 600
     epsilon: float = 0.2
+    episode_period_s: float = 0.5
+    """Shortest time per simulated episode (a real robot's pace; 0: flat out)."""
     scripted_fraction: float = 0.1
     threads_per_process: int = 1
     """torch/OpenMP threads of each process (a local run packs many processes on few cores)."""
@@ -167,7 +169,8 @@ def build_topology(config: UpConfig, ports: dict[str, int]) -> list[ProcessSpec]
             "MTOPT_AGENT_MODEL_ALIAS": "latest", "MTOPT_AGENT_SPOOL_DIR": str(d / "spool" / name),
             "MTOPT_AGENT_METRICS_PORT": str(ports[f"{name}/metrics"]), "MTOPT_AGENT_METRICS_HOST": "127.0.0.1",
             "MTOPT_AGENT_SEED": str(config.seed * 1000 + i), "MTOPT_AGENT_MIN_MODEL_STEP": str(config.min_model_step),
-            "MTOPT_AGENT_EPSILON": str(config.epsilon), "MTOPT_AGENT_SCRIPTED_FRACTION": str(config.scripted_fraction),
+            "MTOPT_AGENT_EPSILON": str(config.epsilon),
+            "MTOPT_AGENT_EPISODE_PERIOD_S": str(config.episode_period_s), "MTOPT_AGENT_SCRIPTED_FRACTION": str(config.scripted_fraction),
         }
         if config.tasks:
             env["MTOPT_AGENT_TASK_NAMES"] = ",".join(config.tasks)

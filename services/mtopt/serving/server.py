@@ -40,6 +40,8 @@ Hook = Callable[[], "None | Awaitable[None]"]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+LIVENESS = "liveness"
+"""Health service name that reports SERVING from start until stop (for liveness probes)."""
 
 # Keepalive and message-size defaults for fleet-facing servers: robots keep streams open for
 # hours behind NATs and load balancers, so the server pings idle connections and tolerates
@@ -143,6 +145,10 @@ class GrpcService:
             raise OSError(f"cannot bind gRPC port {self._address}: {e}; set another port") from e
         await self.health.set("", NOT_SERVING)
         await self.health.set(self.name, NOT_SERVING)
+        # "liveness" is SERVING while the process runs, whatever its dependencies do: the
+        # Kubernetes liveness/startup probes ask for it, so a pod waiting for a dependency is
+        # not restarted (readiness asks for "").
+        await self.health.set(LIVENESS, SERVING)
         await server.start()
         self._server = server
         if self.metrics is not None:

@@ -213,6 +213,8 @@ class VersionManager:
             if bound is not None:
                 self.requests[request_id] = bound
                 return await self.get(bound)
+            if self.settings.shared_storage:  # other replicas may have added examples since this one started
+                await self.book.load()
             names = self._check_train_request(tasks, train_steps)
             steps = train_steps or self.settings.train.train_steps
             if base_version:

@@ -63,6 +63,8 @@ class CursorStore:
         self.objects, self.key = objects, key
 
     def load(self) -> ReplayState:
+        """The saved state (ReplayState() on first start); pings first, which creates a missing bucket."""
+        self.objects.ping()
         data = self.objects.get(self.key)
         if data is None:
             return ReplayState()

@@ -61,3 +61,19 @@ def test_state_round_trip(tmp_path):
     with pytest.raises(ValueError, match="move it away"):
         store.load()
     store.close()
+
+
+def test_config_from_environment_and_help(capsys):
+    from mtopt.log_replay.__main__ import main
+    from mtopt.log_replay.config import load_config
+    from mtopt.serving import ConfigError
+
+    config = load_config({"MTOPT_LOG_REPLAY_IMPERSONATION": "all", "MTOPT_LOG_REPLAY_BUFFER_BYTES": "1_000_000"})
+    assert (config.port, config.impersonation, config.buffer_bytes, config.success_fraction) == (50053, "all", 1_000_000, 0.5)
+    for env, variable in (({"MTOPT_LOG_REPLAY_IMPERSONATION": "some"}, "MTOPT_LOG_REPLAY_IMPERSONATION"),
+                          ({"MTOPT_LOG_REPLAY_SUCCESS_FRACTION": "1.5"}, "MTOPT_LOG_REPLAY_SUCCESS_FRACTION"),
+                          ({"MTOPT_LOG_REPLAY_BACKEND": "s3"}, "MTOPT_LOG_REPLAY_S3_ENDPOINT")):
+        with pytest.raises(ConfigError, match=variable):
+            load_config(env)
+    assert main(["--help-config"]) == 0
+    assert "MTOPT_LOG_REPLAY_STORE_ADDRESS" in capsys.readouterr().out

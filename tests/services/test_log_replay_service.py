@@ -5,6 +5,7 @@ SD, re-balanced batches, the byte budget, bad requests and health."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import grpc
 import numpy as np
@@ -182,3 +183,18 @@ def test_health_not_serving_until_dependencies_answer(make_store, make_registry,
     wait_until(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING, what="NOT_SERVING while the store is down")
     store.start()
     wait_until(lambda: status() == health_pb2.HealthCheckResponse.SERVING, what="SERVING again")
+
+
+def test_batches_are_produced_only_as_the_client_reads(make_store, make_registry, make_sd, make_replay):
+    world = make_world(make_store, make_registry, make_sd, n=6)
+    replay = make_replay(world.store, world.sd)
+    replay.wait_for(lambda s: s.episodes_processed == 6)
+    stream = replay.stub.SampleBatches(lr_pb.SampleRequest(batch_size=128, max_batches=0), timeout=30)
+    assert next(stream).sequence == 0
+    wait_until(lambda: replay.metric("mtopt_log_replay_sample_streams") == 1, what="the open stream")
+    time.sleep(1.0)  # the client reads nothing: the server stops once gRPC's windows are full
+    served = replay.stats().batches_served
+    assert served < 20, served
+    assert [next(stream).sequence for _ in range(3)] == [1, 2, 3]
+    stream.cancel()
+    wait_until(lambda: replay.metric("mtopt_log_replay_sample_streams") == 0, what="the stream to close")

@@ -146,7 +146,8 @@ class Relabeller:
                 run.state, run.error = pb.RELABEL_STATE_FAILED, "log_replay stopped before the run finished"
                 raise
             except Exception as e:
-                run.state, run.error = pb.RELABEL_STATE_FAILED, f"{type(e).__name__}: {getattr(e, 'details', lambda: e)()}"
+                detail = e.details() if isinstance(e, grpc.RpcError) else str(e)
+                run.state, run.error = pb.RELABEL_STATE_FAILED, f"{type(e).__name__}: {detail}"
                 log.warning("log_replay: relabelling with SD version %d failed: %s", run.sd_version, run.error)
             finally:
                 run.finished = time.time()

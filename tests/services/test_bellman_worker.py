@@ -82,7 +82,7 @@ def test_targets_equal_bellman_targets_on_the_same_networks(make_trainer, make_b
     tb = b.worker.compute(msg, 3)
     assert tb.batch_id == "worker-a/3"
     assert (tb.target_model_version, tb.lagged_model_version) == (newest.version, lagged.version)
-    got = torch.from_numpy(tensor_from_proto(tb.targets))
+    got = torch.from_numpy(tensor_from_proto(tb.targets).copy())
     batch = decode_transition_batch(msg, SIM_IMAGE_SIZE, catalogue.num_slots)
     q_t1, q_t2 = network(t.registry, newest.version), network(t.registry, lagged.version)
     want = bellman_targets(q_t1, q_t2, torch.from_numpy(batch.next_images), torch.from_numpy(batch.next_states),

@@ -67,8 +67,9 @@ class TrainerConfig:
     """Training waits (starved) while the buffer holds fewer rows than this (and than batch_size)."""
     max_row_uses: int = 4
     """Each row is dropped after this many SGD samples, so targets stay fresh."""
-    max_batch_rows: int = 1024
-    """Largest PushTargets batch accepted (bigger: RESOURCE_EXHAUSTED); at most buffer_capacity_rows - min_buffer_rows."""
+    max_batch_rows: int = 512
+    """Largest PushTargets batch accepted (bigger: RESOURCE_EXHAUSTED); at most buffer_capacity_rows - min_buffer_rows.
+    Keep batches under the gRPC message limit (8 MiB: about 680 rows of 64x64 images)."""
     dedup_memory: int = 100_000
     """Number of recently accepted batch ids remembered for de-duplication."""
     batch_size: int = _ALGO.batch_size

@@ -74,8 +74,9 @@ class Trainer:
         self.network = {"num_task_slots": catalogue.num_slots, "image_size": config.image_size, "channels": config.channels,
                         "multi_head": config.multi_head}
         self.network_label = json.dumps(self.network, sort_keys=True)
-        torch.manual_seed(config.seed)
-        self.q = QNetwork(**self.network).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights without touching the process's RNG
+            torch.manual_seed(config.seed)
+            self.q = QNetwork(**self.network).to(self.device)
         self.learner = Learner(self.q, self.algo)
         self.targets = TargetNetworks(self.q, self.algo)
         self.buffer = TrainBuffer(config.buffer_capacity_rows, (config.image_size, config.image_size, 3), STATE_DIM, ACTION_DIM,

@@ -1,0 +1,100 @@
+"""The Grafana dashboards and the alert rules: well-formed, with the variables DESIGN.md asks
+for, and every metric they use is one a service or the robot agent actually exports."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import yaml
+from deploy_helpers import CHART, REPO
+
+METRIC = re.compile(r"\bmtopt_[a-z_]+\b")
+# Histograms are queried through their series suffixes.
+SUFFIXES = ("_bucket", "_count", "_sum")
+
+
+def exported_metrics() -> set[str]:
+    """Metric names declared in the code (the first string argument of prometheus_client metrics)."""
+    names = set()
+    for path in [*(REPO / "services" / "mtopt").rglob("*.py"), *(REPO / "robot_agent").rglob("*.py")]:
+        names |= set(re.findall(r"\"(mtopt_[a-z_]+)\"", path.read_text()))
+    return names
+
+
+def used(expr: str) -> set[str]:
+    out = set()
+    for name in METRIC.findall(expr):
+        for suffix in SUFFIXES:
+            if name.endswith(suffix):
+                name = name[: -len(suffix)]
+        out.add(name)
+    return out
+
+
+def dashboards():
+    paths = sorted((CHART / "dashboards").glob("*.json"))
+    assert paths
+    return [(p.name, json.loads(p.read_text())) for p in paths]
+
+
+def panels(dashboard):
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def test_fleet_dashboard_has_variables_and_the_design_panels():
+    fleet = json.loads((CHART / "dashboards" / "fleet.json").read_text())
+    variables = {v["name"]: v for v in fleet["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert {"task", "robot"} <= set(variables)
+    exprs = " ".join(t["expr"] for p in panels(fleet) for t in p.get("targets", []))
+    for metric in ("mtopt_robot_agent_episodes_total", "mtopt_log_replay_sd_successes_total", "mtopt_log_replay_ground_truth_successes_total",
+                   "mtopt_log_replay_buffer_transitions", "mtopt_bellman_targets_total", "mtopt_trainer_steps_total", "mtopt_trainer_loss",
+                   "mtopt_robot_agent_model_version", "mtopt_robot_agent_upload_errors_total", "mtopt_robot_agent_spool_episodes"):
+        assert metric in exprs, f"the fleet dashboard lacks {metric} (DESIGN.md section 8)"
+
+
+def test_dashboard_panels_are_well_formed():
+    for name, dashboard in dashboards():
+        assert dashboard["uid"] and dashboard["title"], name
+        ids = [p["id"] for p in panels(dashboard)]
+        assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
+        for panel in panels(dashboard):
+            if panel["type"] == "row":
+                continue
+            assert panel["datasource"]["uid"] == "${datasource}", f"{name}: {panel['title']} must use the datasource variable"
+            assert panel["targets"], f"{name}: {panel['title']} has no query"
+            g = panel["gridPos"]
+            assert 0 <= g["x"] and g["x"] + g["w"] <= 24, f"{name}: {panel['title']} is off the grid"
+
+
+def test_dashboards_and_alerts_use_exported_metrics():
+    exported = exported_metrics()
+    missing = {}
+    for name, dashboard in dashboards():
+        for panel in panels(dashboard):
+            for target in panel.get("targets", []):
+                for metric in used(target["expr"]) - exported:
+                    missing.setdefault(metric, []).append(f"{name}: {panel['title']}")
+        for variable in dashboard["templating"]["list"]:
+            for metric in used(json.dumps(variable.get("query", ""))) - exported:
+                missing.setdefault(metric, []).append(f"{name}: variable {variable['name']}")
+    rules = yaml.safe_load((CHART / "alerts" / "mtopt.rules.yaml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            for metric in used(rule["expr"]) - exported:
+                missing.setdefault(metric, []).append(f"alert {rule['alert']}")
+    assert not missing, f"metrics no service exports: {missing}"
+
+
+def test_alert_rules_cover_the_issue():
+    rules = yaml.safe_load((CHART / "alerts" / "mtopt.rules.yaml").read_text())
+    alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
+    assert set(alerts) == {"MtoptNoEpisodesStored", "MtoptRobotSpoolGrowing", "MtoptTrainerStarved", "MtoptBellmanErrorRate",
+                           "MtoptRobotModelStale"}
+    for name, rule in alerts.items():
+        assert rule["labels"]["severity"] in ("warning", "critical"), name
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
+        assert re.fullmatch(r"\d+[smh]", rule["for"]), name

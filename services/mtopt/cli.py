@@ -64,6 +64,12 @@ def _up(args: argparse.Namespace) -> int:
     return 0 if summary["ok"] else 1
 
 
+def _status(args: argparse.Namespace) -> int:
+    from mtopt.k8s_status import status_main
+
+    return status_main(args.namespace, args.release, context=args.context, metrics=not args.no_metrics)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtopt", description="MT-Opt continuous multi-task robot learning")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--threads", type=int, default=1, help="torch threads per process")
     up.add_argument("--no-view", action="store_true", help="a status line every 10 s instead of the live view")
     up.set_defaults(func=_up)
+
+    st = sub.add_parser("status", help="show a deployed Helm release: pods per service, readiness, model versions")
+    st.add_argument("--namespace", "-n", default="mtopt")
+    st.add_argument("--release", default="mtopt", help="Helm release name")
+    st.add_argument("--context", default=None, help="kubeconfig context (default: the current one; in a pod: in-cluster)")
+    st.add_argument("--no-metrics", action="store_true", help="skip reading model versions through the API server's pod proxy")
+    st.set_defaults(func=_status)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -14,7 +14,7 @@ SERVICES = {  # component -> (module, env prefix, port)
     "model-registry": ("mtopt.model_registry", "MTOPT_MODEL_REGISTRY_", 50055),
     "trainer": ("mtopt.trainer", "MTOPT_TRAINER_", 50056),
 }
-STORAGE = ("episode-store", "success-detector", "log-replay", "model-registry")
+STORAGE = ("episode-store", "success-detector", "log-replay", "model-registry", "trainer")  # trainer: checkpoints
 
 
 def test_lint_strict():
@@ -83,8 +83,7 @@ def test_defaults_storage_is_bundled_minio(defaults):
         assert env[f"{prefix}S3_BUCKET"] == "mtopt"
         assert env["MTOPT_S3_ACCESS_KEY"] == {"secretKeyRef": {"name": "mtopt-minio", "key": "rootUser"}}
         assert env["MTOPT_S3_SECRET_KEY"] == {"secretKeyRef": {"name": "mtopt-minio", "key": "rootPassword"}}
-    for component in ("bellman", "trainer"):
-        assert "MTOPT_S3_ACCESS_KEY" not in env_of(find(defaults, "Deployment", f"mtopt-{component}"))
+    assert "MTOPT_S3_ACCESS_KEY" not in env_of(find(defaults, "Deployment", "mtopt-bellman"))
 
 
 def test_defaults_tasks_configmap_is_the_builtin_catalogue(defaults):
@@ -207,11 +206,11 @@ def test_network_policies_follow_the_data_flow():
     assert sources("mtopt-success-detector") == ["log-replay", "test"]
     assert sources("mtopt-bellman") == ["test"]
     assert sources("mtopt-episode-store") is None  # robots connect from outside the cluster
-    assert sources("mtopt-minio", 9000) == ["episode-store", "log-replay", "model-registry", "success-detector"]
+    assert sources("mtopt-minio", 9000) == ["episode-store", "log-replay", "model-registry", "success-detector", "trainer"]
     assert destinations("mtopt-bellman") == [("log-replay", 50053), ("model-registry", 50055), ("trainer", 50056)]
     assert destinations("mtopt-log-replay") == [("episode-store", 50051), ("minio", 9000), ("success-detector", 50052)]
     assert destinations("mtopt-sim-robot") == [("episode-store", 50051), ("model-registry", 50055)]
-    assert destinations("mtopt-trainer") == [("model-registry", 50055)]
+    assert destinations("mtopt-trainer") == [("minio", 9000), ("model-registry", 50055)]
     for name, spec in policies.items():
         if name != "mtopt-default-deny":
             assert {"port": 53, "protocol": "UDP"} in spec["egress"][0]["ports"], f"{name} lacks DNS egress"

@@ -50,7 +50,7 @@ trainer:
   prefix: MTOPT_TRAINER_
   port: 50056
   headless: false
-  storage: false
+  storage: true
   deps: {registry_address: model-registry}
 {{- end -}}
 

@@ -24,22 +24,30 @@ if ! command -v go >/dev/null 2>&1; then
   exit 1
 fi
 
-# go_install NAME MODULE VERSION: builds MODULE@VERSION into $BIN unless $BIN/NAME.version
-# already records that version (a stamp file, because minio's own --version differs from the
-# module version).
+# go_install NAME MODULE VERSION [LDFLAGS]: builds MODULE@VERSION into $BIN unless
+# $BIN/NAME.version already records that version and those ldflags (a stamp file, because
+# minio's own --version differs from the module version).
 go_install() {
-  local name=$1 module=$2 version=$3
+  local name=$1 module=$2 version=$3 ldflags=${4:-}
   local stamp="$BIN/$name.version"
-  if [ -x "$BIN/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$module@$version" ]; then
+  local want="$module@$version${ldflags:+ ldflags: $ldflags}"
+  if [ -x "$BIN/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     return 0
   fi
   echo "install_tools.sh: building $module@$version into $BIN (this can take several minutes)" >&2
-  GOBIN="$BIN" GOFLAGS="${GOFLAGS:-} -buildvcs=false" go install "$module@$version"
-  echo "$module@$version" >"$stamp"
+  GOBIN="$BIN" GOFLAGS="${GOFLAGS:-} -buildvcs=false" go install ${ldflags:+-ldflags="$ldflags"} "$module@$version"
+  echo "$want" >"$stamp"
 }
 
 go_install minio github.com/minio/minio "$MINIO_VERSION"
-go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
+# Helm's release build stamps its version and the Kubernetes version it assumes for `helm
+# template`/`lint` (.Capabilities.KubeVersion, the minor of its client-go: 1.37 for v3.22.0)
+# with -X; a plain `go install` would leave v1.20, which the chart's kubeVersion refuses.
+HELM_LDFLAGS="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+for pkg in pkg/chartutil pkg/lint/rules; do
+  HELM_LDFLAGS="$HELM_LDFLAGS -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=37"
+done
+go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "$HELM_LDFLAGS"
 # The checksum database does not know helm-unittest v1.0.1 (a 404 from sum.golang.org), so its
 # own module is fetched without that check; its dependencies are still verified.
 GONOSUMDB=github.com/helm-unittest go_install helm-unittest github.com/helm-unittest/helm-unittest/cmd/helm-unittest "$HELM_UNITTEST_VERSION"

@@ -16,6 +16,7 @@ Nothing in the learning pipeline reads the ground truth: from here on the SD is 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import signal
@@ -107,6 +108,7 @@ class SimLabeller:
         self._sd = make_channel(config.success_detector_address, default_timeout_s=config.rpc_timeout_s)
         self.store = es_grpc.EpisodeStoreStub(self._store)
         self.sd = sd_grpc.SuccessDetectorStub(self._sd)
+        self.trainable: list[str] = [t.name for t in catalogue.tasks]
 
     def close(self) -> None:
         self._store.close()
@@ -171,11 +173,17 @@ class SimLabeller:
             reply = retry_idempotent(lambda: self.sd.AddExamples(sd_pb.AddExamplesRequest(examples=batch)), self.retry)
             self.added.inc(reply.added)
         log.info("labelled %d examples from %d episodes (%d positive)", len(examples), len(pool), int(chosen.labels.sum()))
+        # the SD can learn a task only from both kinds of example; the others wait for more data
+        self.trainable = sorted(by_index[int(t)] for t in set(chosen.tasks.tolist())
+                                if chosen.labels[chosen.tasks == t].any() and not chosen.labels[chosen.tasks == t].all())
+        skipped = sorted(set(by_index.values()) - set(self.trainable))
+        if skipped:
+            log.info("no positive or no negative example yet for %s: the SD version will not score them", ", ".join(skipped))
         return len(examples)
 
     def train(self, stop: threading.Event) -> int | None:
-        request = sd_pb.TrainVersionRequest(request_id=f"sim-labeller/{self.config.seed}/{len(self.catalogue.tasks)}",
-                                            train_steps=self.config.train_steps, promote_when_ready=True)
+        request = sd_pb.TrainVersionRequest(request_id=f"sim-labeller/{self.config.seed}/{hashlib.sha256(','.join(self.trainable).encode()).hexdigest()[:16]}",
+                                            tasks=self.trainable, train_steps=self.config.train_steps, promote_when_ready=True)
         version = retry_idempotent(lambda: self.sd.TrainVersion(request), self.retry).version
         log.info("training success detector version %d", version.version)
         deadline = time.monotonic() + self.config.train_timeout_s

@@ -148,6 +148,7 @@ def build_topology(config: UpConfig, ports: dict[str, int]) -> list[ProcessSpec]
     specs.append(service("trainer", "MTOPT_TRAINER_", _storage_env("MTOPT_TRAINER_", config, d / "trainer") | {
         "MTOPT_TRAINER_REGISTRY_ADDRESS": addr["model_registry"],
         "MTOPT_TRAINER_PUBLISH_EVERY_STEPS": str(config.publish_every_steps),
+        "MTOPT_TRAINER_THREADS": str(config.threads_per_process),
     }, "mtopt.v1.Trainer"))
     specs.append(service("log_replay", "MTOPT_LOG_REPLAY_", _storage_env("MTOPT_LOG_REPLAY_", config, d / "log_replay") | {
         "MTOPT_LOG_REPLAY_STORE_ADDRESS": addr["episode_store"],
@@ -160,6 +161,7 @@ def build_topology(config: UpConfig, ports: dict[str, int]) -> list[ProcessSpec]
             "MTOPT_BELLMAN_LOG_REPLAY_ADDRESS": addr["log_replay"],
             "MTOPT_BELLMAN_TRAINER_ADDRESS": addr["trainer"],
             "MTOPT_BELLMAN_REGISTRY_ADDRESS": addr["model_registry"],
+            "MTOPT_BELLMAN_THREADS": str(config.threads_per_process),
         }, "mtopt.v1.Bellman"))
     for i in range(config.robots):
         name = f"sim-{i}"

@@ -19,7 +19,7 @@ import time
 
 from mtopt.up.monitor import Monitor, render
 from mtopt.up.supervisor import ProcessFailed, Supervisor, health_status
-from mtopt.up.topology import UpConfig, allocate_ports, build_topology
+from mtopt.up.topology import UpConfig, allocate_ports, build_topology, prometheus_targets
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ def run_up(config: UpConfig, *, view: bool | None = None, out=sys.stdout) -> dic
     view = out.isatty() if view is None else view
     config.data_dir.mkdir(parents=True, exist_ok=True)
     specs = build_topology(config, allocate_ports(config))
+    # for a local Prometheus: scrape_configs: [{job_name: mtopt, file_sd_configs: [{files: [<this file>]}]}]
+    (config.data_dir / "prometheus_targets.json").write_text(json.dumps(prometheus_targets(specs), indent=1))
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     monitor = Monitor(specs)

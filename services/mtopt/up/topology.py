@@ -187,3 +187,11 @@ def build_topology(config: UpConfig, ports: dict[str, int]) -> list[ProcessSpec]
         "MTOPT_SIM_LABELLER_SEED": str(config.seed),
     }, None, ports["labeller/metrics"], exits=True))
     return specs
+
+
+def prometheus_targets(specs: list[ProcessSpec]) -> list[dict]:
+    """Every process's metrics endpoint in Prometheus file_sd format (job = component, as the
+    chart's ServiceMonitor labels them; instance = process name)."""
+    return [{"targets": [f"127.0.0.1:{s.metrics_port}"],
+             "labels": {"job": f"mtopt-{s.role.replace('_', '-')}", "component": s.role, "process": s.name}}
+            for s in specs]

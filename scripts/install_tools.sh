@@ -4,7 +4,8 @@
 # Usage: bash scripts/install_tools.sh            # installs everything
 #        MTOPT_TOOLS_BIN=/some/dir bash scripts/install_tools.sh
 # Tests find the binaries through MTOPT_TOOLS_BIN (default <repo>/.tools/bin).
-# Installs: minio (services tests), helm and helm-unittest (chart tests under tests/deploy).
+# Installs: minio (services tests), helm and helm-unittest (chart tests under tests/deploy),
+# and the Debian package `prometheus` (prometheus + promtool on PATH, tests/deploy/test_prometheus.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,3 +67,28 @@ description: "Unit test for helm chart in YAML with ease to keep your chart func
 ignoreFlags: false
 command: "\$HELM_PLUGIN_DIR/untt"
 YAML
+
+# Prometheus server and promtool from Debian (bookworm: 2.42), installed system-wide with apt-get
+# when either is missing. That needs root; as another user, run once:
+#   sudo apt-get update && sudo apt-get install -y --no-install-recommends prometheus
+# (or set MTOPT_SKIP_PROMETHEUS=1 to install the other tools only; the Prometheus tests then fail
+# with this hint). On a machine with systemd the package also enables a system Prometheus on
+# :9090; the tests start their own on a free port, so `systemctl disable --now prometheus` is safe.
+if [ "${MTOPT_SKIP_PROMETHEUS:-0}" != 1 ] && ! { command -v prometheus && command -v promtool; } >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    APT=(env DEBIAN_FRONTEND=noninteractive apt-get)
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    APT=(sudo -n env DEBIAN_FRONTEND=noninteractive apt-get)
+  else
+    echo "install_tools.sh: prometheus/promtool are missing and installing the Debian package needs root:" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends prometheus" >&2
+    echo "  (or MTOPT_SKIP_PROMETHEUS=1 bash scripts/install_tools.sh to skip it)" >&2
+    exit 1
+  fi
+  echo "install_tools.sh: installing the Debian package prometheus with apt-get" >&2
+  # a fresh machine (or image) has no package lists yet
+  if ! apt-cache show prometheus >/dev/null 2>&1; then
+    "${APT[@]}" update
+  fi
+  "${APT[@]}" install -y --no-install-recommends prometheus
+fi

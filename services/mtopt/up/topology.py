@@ -33,6 +33,11 @@ class UpConfig:
     bellman_workers: int = 2
     duration_s: float = 0.0
     """Stop after this many seconds (0: run until Ctrl-C)."""
+    train_steps: int = 0
+    """Also stop once the trainer has done this many steps (0: no such limit)."""
+    eval_s: float = 0.0
+    """After learning stops, run the robots on the final version this long and report the success
+    rates of that window (0: the rates of the run's last minutes)."""
     s3_endpoint: str = ""
     """host:port of MinIO/S3; empty: the embedded local-directory backends."""
     s3_bucket: str = "mtopt"
@@ -189,9 +194,15 @@ def build_topology(config: UpConfig, ports: dict[str, int]) -> list[ProcessSpec]
     return specs
 
 
+CHART_COMPONENTS = {"robot": "sim-robot", "labeller": "sim-labeller"}
+"""Roles whose chart component name (helm/mtopt) is not the role with '-' for '_'."""
+
+
 def prometheus_targets(specs: list[ProcessSpec]) -> list[dict]:
-    """Every process's metrics endpoint in Prometheus file_sd format (job = component, as the
-    chart's ServiceMonitor labels them; instance = process name)."""
+    """Every process's metrics endpoint in Prometheus file_sd format. job is what the chart's
+    ServiceMonitor gives the same process (its Service name for release "mtopt":
+    mtopt-episode-store, ..., mtopt-sim-robot); instance is host:port as in a cluster."""
     return [{"targets": [f"127.0.0.1:{s.metrics_port}"],
-             "labels": {"job": f"mtopt-{s.role.replace('_', '-')}", "component": s.role, "process": s.name}}
+             "labels": {"job": "mtopt-" + CHART_COMPONENTS.get(s.role, s.role.replace("_", "-")),
+                        "component": s.role, "process": s.name}}
             for s in specs]

@@ -203,13 +203,14 @@ def test_network_policies_follow_the_data_flow():
 
     assert sources("mtopt-log-replay") == ["bellman", "test"]
     assert sources("mtopt-trainer") == ["bellman", "test"]
-    assert sources("mtopt-success-detector") == ["log-replay", "test"]
+    assert sources("mtopt-success-detector") == ["log-replay", "sim-labeller", "test"]
     assert sources("mtopt-bellman") == ["test"]
     assert sources("mtopt-episode-store") is None  # robots connect from outside the cluster
     assert sources("mtopt-minio", 9000) == ["episode-store", "log-replay", "model-registry", "success-detector", "trainer"]
     assert destinations("mtopt-bellman") == [("log-replay", 50053), ("model-registry", 50055), ("trainer", 50056)]
     assert destinations("mtopt-log-replay") == [("episode-store", 50051), ("minio", 9000), ("success-detector", 50052)]
     assert destinations("mtopt-sim-robot") == [("episode-store", 50051), ("model-registry", 50055)]
+    assert destinations("mtopt-sim-labeller") == [("episode-store", 50051), ("success-detector", 50052)]
     assert destinations("mtopt-trainer") == [("minio", 9000), ("model-registry", 50055)]
     for name, spec in policies.items():
         if name != "mtopt-default-deny":

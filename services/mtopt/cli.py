@@ -58,7 +58,7 @@ def _up(args: argparse.Namespace) -> int:
         min_model_step=args.min_model_step, publish_every_steps=args.publish_every_steps,
         sd_examples_per_task=args.sd_examples_per_task, sd_min_episodes=args.sd_min_episodes,
         sd_train_steps=args.sd_train_steps, epsilon=args.epsilon, threads_per_process=args.threads,
-        episode_period_s=args.episode_period,
+        episode_period_s=args.episode_period, train_steps=args.train_steps, eval_s=args.eval,
     )
     summary = run_up(cfg, view=False if args.no_view else None)
     return 0 if summary["ok"] else 1
@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--robots", type=int, default=4, help="simulated robots (one agent process each)")
     up.add_argument("--bellman-workers", type=int, default=2)
     up.add_argument("--duration", type=float, default=0.0, help="stop after S seconds (default: until Ctrl-C)")
+    up.add_argument("--train-steps", type=int, default=0, help="also stop once the trainer has done N steps")
+    up.add_argument("--eval", type=float, default=0.0,
+                    help="then run the robots on the final version for S seconds and report that window's success")
     up.add_argument("--data-dir", default="mtopt-data", help="local storage, spools and logs")
     up.add_argument("--s3-endpoint", default="", help="host:port of MinIO/S3 (credentials: MTOPT_S3_ACCESS_KEY/MTOPT_S3_SECRET_KEY)")
     up.add_argument("--s3-bucket", default="mtopt")

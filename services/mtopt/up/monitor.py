@@ -95,12 +95,14 @@ class Monitor:
                 return snap
         return self.history[0]
 
-    def state(self, window_s: float = 30.0, success_window_s: float | None = None) -> dict:
-        """Everything the view and the summary show, from the latest scrape."""
+    def state(self, window_s: float = 30.0, success_window_s: float | None = None, since: Snapshot | None = None) -> dict:
+        """Everything the view and the summary show, from the latest scrape; the "recent" success
+        rates cover the last ``success_window_s`` seconds, or everything after ``since``."""
         now = self.history[-1]
         then = self._ago(window_s)
         dt = max(now.time - then.time, 1e-9)
-        agents_now, agents_then = now.role(self.specs, "robot"), self._ago(success_window_s or window_s).role(self.specs, "robot")
+        base = since if since is not None else self._ago(success_window_s or window_s)
+        agents_now, agents_then = now.role(self.specs, "robot"), base.role(self.specs, "robot")
         store, store_then = now.role(self.specs, "episode_store"), then.role(self.specs, "episode_store")
         replay = now.role(self.specs, "log_replay")
         trainer = now.role(self.specs, "trainer")

@@ -32,6 +32,7 @@ def _summary(config: UpConfig, state: dict, codes: dict[str, int | None], error:
         "episodes_stored": state.get("episodes_stored", 0),
         "train_steps": state.get("train_steps", 0),
         "model_versions_published": state.get("versions_published", 0),
+        "success_window": f"evaluation of the final version for {config.eval_s:.0f} s" if config.eval_s > 0 else "the last minutes of the run",
         "newest_model_version": state.get("newest_version", 0),
         "robot_versions": {name: r["model_version"] for name, r in state.get("robots", {}).items()},
         "sd_version": state.get("sd_version", 0),
@@ -52,20 +53,33 @@ def _summary(config: UpConfig, state: dict, codes: dict[str, int | None], error:
     }
 
 
-def _finish(supervisor: Supervisor, monitor: Monitor, success_window: float, out, converge_s: float = 30.0) -> dict:
+def _finish(supervisor: Supervisor, monitor: Monitor, config: UpConfig, success_window: float, out,
+            converge_s: float = 30.0) -> dict:
     """Ends learning first (Bellman workers, then the trainer, which checkpoints), lets every robot
-    pick up the last published version, and returns the final state."""
-    print("mtopt up: stopping Bellman workers and the trainer; robots finish on the last version ...", file=out, flush=True)
+    pick up the last published version, then (with eval_s) lets the robots run it for eval_s
+    seconds; returns the final state, whose recent success rates are those of that evaluation."""
+    print("mtopt up: stopping Bellman workers and the trainer; robots switch to the last version ...", file=out, flush=True)
     supervisor.stop_roles(("bellman",))
     supervisor.stop_roles(("trainer",))
     deadline = time.monotonic() + converge_s
     while True:
+        supervisor.check()
         monitor.poll()
         state = monitor.state(success_window_s=success_window)
         versions = {r["model_version"] for r in state["robots"].values()}
         if versions == {state["newest_version"]} or time.monotonic() > deadline:
-            return state
+            break
         time.sleep(0.5)
+    if config.eval_s <= 0:
+        return state
+    print(f"mtopt up: evaluating version {state['newest_version']} on the robots for {config.eval_s:.0f} s ...", file=out, flush=True)
+    since = monitor.history[-1]
+    deadline = time.monotonic() + config.eval_s
+    while time.monotonic() < deadline:
+        supervisor.check()
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+    monitor.poll()
+    return monitor.state(since=since)
 
 
 def run_up(config: UpConfig, *, view: bool | None = None, out=sys.stdout) -> dict:
@@ -106,8 +120,10 @@ def run_up(config: UpConfig, *, view: bool | None = None, out=sys.stdout) -> dic
                       f"targets/s {state['targets_per_s']:.0f}", file=out, flush=True)
             if config.duration_s and now - t0 >= config.duration_s:
                 break
+            if config.train_steps and state["train_steps"] >= config.train_steps:
+                break
             stop.wait(2.0)
-        state = _finish(supervisor, monitor, success_window, out)
+        state = _finish(supervisor, monitor, config, success_window, out)
     except ProcessFailed as e:
         error = str(e)
         print(f"mtopt up: {e}", file=sys.stderr)

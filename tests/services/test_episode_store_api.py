@@ -71,7 +71,7 @@ def test_upload_get_list_watch_round_trip(store):
         reply = store.upload(data, chunk_size=1000)
         assert not reply.already_existed
         assert reply.episode.episode_id == ep.episode_id and reply.episode.size_bytes == len(data)
-        assert reply.episode.storage_key.startswith("episodes/date=") and f"/robot={ep.robot_id}/{ep.episode_id}.pb" in reply.episode.storage_key
+        assert reply.episode.storage_key.startswith("episodes/by-id/") and reply.episode.storage_key.endswith(f"/{ep.episode_id}.pb")
 
     got = store.stub.GetEpisode(es_pb.GetEpisodeRequest(episode_id=episodes[0].episode_id), timeout=10)
     assert got.episode.SerializeToString() == blobs[0]

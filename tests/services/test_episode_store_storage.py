@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from mtopt.episode_store.layout import BY_ID_PREFIX, LOG_PREFIX, LogName, NewEpisode, position_cursor
+from mtopt.episode_store.layout import DATA_PREFIX, LOG_PREFIX, NewEpisode, position_cursor
 from mtopt.episode_store.storage import EpisodeConflictError, LocalDirBackend, MinioBackend, StorageUnavailableError
 
 
@@ -19,15 +19,15 @@ def crashing(base):
     class Crashing(base):
         crash_on: str | None = None  # key prefix whose write "kills the process"
 
-        def _put(self, key, data):
+        def _put(self, key, data, meta=None):
             if self.crash_on and key.startswith(self.crash_on):
                 raise Crash(key)
-            super()._put(key, data)
+            super()._put(key, data, meta)
 
-        def _put_if_absent(self, key, data):
+        def _put_if_absent(self, key, data, meta=None):
             if self.crash_on and key.startswith(self.crash_on):
                 raise Crash(key)
-            return super()._put_if_absent(key, data)
+            return super()._put_if_absent(key, data, meta)
 
     return Crashing
 
@@ -73,7 +73,7 @@ def test_put_get_read_and_idempotency(open_backend):
     new, data = new_episode(1)
     first = backend.put(new, data)
     assert not first.already_existed
-    assert first.record.storage_key == "episodes/date=2023-11-14/robot=robot-0/ep-0001.pb"
+    assert first.record.storage_key == f"episodes/by-id/{hashlib.sha256(b'ep-0001').hexdigest()[:2]}/ep-0001.pb"
     assert backend.get("ep-0001") == first.record
     assert backend.read(first.record) == data
     again = backend.put(new, data)
@@ -103,17 +103,19 @@ def test_scan_log_orders_filters_and_pages(open_backend):
     assert [r.episode_id for r in robot1] == ["ep-0001", "ep-0004", "ep-0007", "ep-0010"]
     limited, last, end = backend.scan_log("", 100, match=lambda n: n.task == "lift-red", max_scan=4)
     assert [r.episode_id for r in limited] == ["ep-0001", "ep-0003"] and not end
-    assert LogName.parse_cursor(last).episode_id == "ep-0003"
+    assert last == records[3].cursor  # stopped after 4 scanned entries
+    resumed, _, end = backend.scan_log(last, 100, match=lambda n: n.task == "lift-red")
+    assert [r.episode_id for r in resumed] == [f"ep-{i:04d}" for i in range(5, 12, 2)] and end
     upto, _, end = backend.scan_log("", 100, max_stored_ns=records[5].stored_ns)
     assert len(upto) == 6 and end
     after_position, _, _ = backend.scan_log(position_cursor(records[5].stored_ns), 100)
     assert [r.episode_id for r in after_position] == [r.episode_id for r in records[6:]]
 
 
-def test_crash_before_the_index_leaves_nothing_visible(open_backend):
+def test_crash_before_the_data_object_leaves_nothing_visible(open_backend):
     backend = open_backend(crash=True)
     new, data = new_episode(1)
-    backend.crash_on = BY_ID_PREFIX
+    backend.crash_on = DATA_PREFIX
     with pytest.raises(Crash):
         backend.put(new, data)
     restarted = open_backend()

@@ -2,29 +2,31 @@
 
 The same layout is used in a MinIO/S3 bucket and under a local directory (see docs/storage.md)::
 
-    episodes/date=YYYY-MM-DD/robot=<robot_id>/<episode_id>.pb
-        The serialized mtopt.v1.Episode, exactly the bytes the robot uploaded (their SHA-256
-        is in the index). date is the UTC date of the episode's end_time (else its start_time,
-        else the time it was stored).
-    index/by-id/<hh>/<episode_id>.json
-        The episode's `EpisodeRecord` as JSON; <hh> is the first two hex digits of
-        sha256(episode_id), to spread files over directories. Written after the data object,
-        with "create only if absent", so it decides which upload of an id wins. GetEpisode and
-        the idempotency check read it.
-    index/log/date=YYYY-MM-DD/<stored_ns>+<end_ns>+<robot>+<task>+<episode_id>
-        The commit log: one entry per stored episode (the same JSON record), written last.
-        date is the UTC date of stored_ns; stored_ns and end_ns are 20-digit nanoseconds since
-        the epoch; robot, task and id are percent-encoded. Keys sort in commit order, so
-        ListEpisodes and WatchEpisodes page through it with "list keys after K", and filter by
-        robot, task and end time on the key alone. A watch cursor is the key without the
-        "index/log/" prefix (no file extension, so keys and cursors sort alike).
+    episodes/by-id/<hh>/<episode_id>.pb
+        The serialized mtopt.v1.Episode, exactly the bytes the robot uploaded. <hh> is the first
+        two hex digits of sha256(episode_id), so the key follows from the id alone. Created with
+        "only if absent" (it decides which upload of an id wins) and carrying two metadata
+        fields: its sha256 and ``commit``, the name of the commit-log batch meant to list it.
+    index/log/date=YYYY-MM-DD/<stored_ns>+0+<writer>
+        The commit log, one object per *batch* (group commit): JSON with the records of every
+        episode committed together, in order. date is the UTC date of stored_ns (20 digits,
+        nanoseconds since the epoch); writer is the hex id of the store process that wrote it.
+        Names sort in commit order, so ListEpisodes and WatchEpisodes page through the log with
+        "list names after K" and read one object per batch. The cursor of the i-th record of a
+        batch is ``<batch name>/<i:05d>`` (it sorts after its batch, before the next one).
+    index/moved/<batch name>
+        Only for a batch that became ready too late for its name (a slow upload held it longer
+        than half the watch settle time): the name it was written under instead.
 
-Visibility: an upload writes the data object, then index/by-id, then index/log. Nothing is
-read, listed or watched before its index/log entry exists, and that is written only after the
-data object is complete and verified, so a half upload is never visible. A crash between the
-by-id and log writes leaves a by-id record without a log entry: invisible, but it still makes
-the id's re-upload idempotent; the robot, never acknowledged, uploads again and the store then
-writes the missing log entry (at a new position, so no watcher misses it).
+Visibility: an upload writes its data object first, then the batch naming it, and is
+acknowledged only once that batch is written. An episode is listed, watched and readable only
+once a written batch lists it, so a half upload is never visible; a data object whose batch
+never got written (a crash) stays invisible and the robot's retry commits it in a new batch.
+
+Layout v1 (before group commit) is still read: ``episodes/date=.../robot=.../<id>.pb`` data,
+``index/by-id/<hh>/<id>.json`` records and one ``index/log/date=.../<stored_ns>+<end_ns>+<robot>+
+<task>+<episode_id>`` entry per episode (`LogName`). Its log entries and batches share one
+key order, and its cursors stay valid.
 """
 
 from __future__ import annotations
@@ -38,8 +40,12 @@ from typing import Mapping
 from urllib.parse import quote, unquote
 
 EPISODES_PREFIX = "episodes/"
-BY_ID_PREFIX = "index/by-id/"
+DATA_PREFIX = "episodes/by-id/"
+BY_ID_PREFIX = "index/by-id/"  # layout v1 only (read, never written)
 LOG_PREFIX = "index/log/"
+MOVED_PREFIX = "index/moved/"
+_BATCH_NAME = re.compile(r"^date=(\d{4}-\d{2}-\d{2})/(\d{20})\+0\+([0-9a-f]{1,32})$")
+_BATCH_RECORD = re.compile(r"^(date=\d{4}-\d{2}-\d{2}/\d{20}\+0\+[0-9a-f]{1,32})/(\d{5})$")
 _LOG_NAME = re.compile(r"^date=(\d{4}-\d{2}-\d{2})/(\d{20})\+(\d{20})\+([^+/]*)\+([^+/]*)\+([^+/]+)$")
 
 
@@ -47,14 +53,45 @@ def _date(ns: int) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.timezone.utc).strftime("%Y-%m-%d")
 
 
-def data_key(episode_id: str, robot_id: str, date_ns: int) -> str:
-    """episodes/date=YYYY-MM-DD/robot=<robot_id>/<episode_id>.pb (ids are already safe names)."""
-    return f"{EPISODES_PREFIX}date={_date(date_ns)}/robot={robot_id}/{episode_id}.pb"
+def _spread(episode_id: str) -> str:
+    return hashlib.sha256(episode_id.encode()).hexdigest()[:2]
+
+
+def data_key(episode_id: str) -> str:
+    """episodes/by-id/<hh>/<episode_id>.pb (ids are already safe names)."""
+    return f"{DATA_PREFIX}{_spread(episode_id)}/{episode_id}.pb"
 
 
 def by_id_key(episode_id: str) -> str:
-    h = hashlib.sha256(episode_id.encode()).hexdigest()[:2]
-    return f"{BY_ID_PREFIX}{h}/{episode_id}.json"
+    """Layout v1's per-episode record (read only, for data stored before group commit)."""
+    return f"{BY_ID_PREFIX}{_spread(episode_id)}/{episode_id}.json"
+
+
+def batch_name(stored_ns: int, writer: str) -> str:
+    """date=YYYY-MM-DD/<stored_ns>+0+<writer>: a commit-log batch (sorts before position_cursor(stored_ns))."""
+    return f"date={_date(stored_ns)}/{stored_ns:020d}+0+{writer}"
+
+
+def parse_batch_name(name: str) -> tuple[int, str] | None:
+    """(stored_ns, writer) of a batch name; None if ``name`` is not one."""
+    m = _BATCH_NAME.match(name)
+    return (int(m[2]), m[3]) if m else None
+
+
+def record_cursor(batch: str, index: int) -> str:
+    return f"{batch}/{index:05d}"
+
+
+def parse_record_cursor(cursor: str) -> tuple[str, int] | None:
+    """(batch name, index) of a batch record's cursor; None if ``cursor`` is not one."""
+    m = _BATCH_RECORD.match(cursor)
+    return (m[1], int(m[2])) if m else None
+
+
+def check_cursor(cursor: str) -> None:
+    """ValueError unless ``cursor`` is a position of this store's log (any layout)."""
+    if parse_record_cursor(cursor) is None and parse_batch_name(cursor) is None:
+        LogName.parse_cursor(cursor)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,14 +156,17 @@ class EpisodeRecord(NewEpisode):
 
     stored_ns: int = 0
     storage_key: str = ""
+    log_position: str = ""
+    """Cursor of this record in its commit-log batch (empty for a layout v1 log entry)."""
 
     @property
     def log_name(self) -> LogName:
+        """The fields list filters match on (a layout v1 log entry's name)."""
         return LogName(self.stored_ns, self.end_ns, self.robot_id, self.task, self.episode_id)
 
     @property
     def cursor(self) -> str:
-        return self.log_name.cursor
+        return self.log_position or self.log_name.cursor
 
     def to_json(self) -> bytes:
         d = dataclasses.asdict(self)
@@ -144,3 +184,28 @@ def position_cursor(ns: int) -> str:
     """A cursor for "everything stored at or before ns": it sorts after every log name with
     stored_ns <= ns and before every later one. Watches use it for "now" and to resume."""
     return f"date={_date(ns)}/{ns:020d}+{'9' * 20}+~+~+~"
+
+
+def encode_batch(entries: list[tuple[NewEpisode, str]]) -> bytes:
+    """A commit-log batch's body: {"v": 2, "records": [NewEpisode fields + storage_key, ...]}."""
+    records = []
+    for new, key in entries:
+        d = dataclasses.asdict(new)
+        d["metadata"] = dict(new.metadata)
+        d["storage_key"] = key
+        records.append(d)
+    return json.dumps({"v": 2, "records": records}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode_batch(name: str, body: bytes) -> list[EpisodeRecord]:
+    """The records of batch ``name`` in commit order, with their stored time and cursors."""
+    parsed = parse_batch_name(name)
+    if parsed is None:
+        raise ValueError(f"not a commit-log batch name: {name!r}")
+    names = {f.name for f in dataclasses.fields(EpisodeRecord)}
+    out = []
+    for i, d in enumerate(json.loads(body)["records"]):
+        fields = {k: v for k, v in d.items() if k in names}
+        fields.update(stored_ns=parsed[0], log_position=record_cursor(name, i))
+        out.append(EpisodeRecord(**fields))
+    return out

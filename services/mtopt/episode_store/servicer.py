@@ -19,7 +19,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mtopt.episode_codec import ID_PATTERN, EpisodeDecodeError, episode_from_proto, parse_episode
-from mtopt.episode_store.layout import EpisodeRecord, LogName, NewEpisode
+from mtopt.episode_store.layout import EpisodeRecord, LogName, NewEpisode, check_cursor
 from mtopt.episode_store.metrics import StoreMetrics
 from mtopt.episode_store.storage import EpisodeBackend, EpisodeConflictError, StorageUnavailableError
 from mtopt.episode_store.watch import WatchHub, follow
@@ -139,11 +139,11 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         try:
             header, data = await self._receive(request_iterator)
             async with await self._locks(header.episode_id):
-                new = await self.run_io(self._validate, header, data)
-                write = loop.run_in_executor(self._executor, self.backend.put, new, data)
+                # One hop to the thread pool: validate, then store (the commit waits there too).
+                write = loop.run_in_executor(self._executor, self._validate_and_put, header, data)
                 self._writes.add(write)
                 write.add_done_callback(self._writes.discard)
-                result = await asyncio.shield(write)  # a cancelled call still finishes its write
+                new, result = await asyncio.shield(write)  # a cancelled call still finishes its write
         except Rejection as r:
             await self._reject(context, r)
         except EpisodeConflictError as e:
@@ -203,6 +203,11 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         if not SHA256_HEX.match(h.sha256):
             raise _invalid("invalid_header", "header.sha256 must be the lower-case hex SHA-256 of the serialized Episode (64 characters)")
 
+    def _validate_and_put(self, h: pb.UploadEpisodeHeader, data: bytes):
+        """(NewEpisode, PutResult): validates the bytes, then stores them (in the thread pool)."""
+        new = self._validate(h, data)
+        return new, self.backend.put(new, data)
+
     def _validate(self, h: pb.UploadEpisodeHeader, data: bytes) -> NewEpisode:
         """Parses and validates the bytes (CPU work, in the thread pool)."""
         try:
@@ -226,10 +231,10 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         try:
             if not ID_PATTERN.match(request.episode_id):
                 raise _invalid("invalid_id", f"episode_id {request.episode_id!r} is not a valid episode id")
-            record = await self.run_io(self.backend.get, request.episode_id)
-            if record is None:
+            found = await self.run_io(self.backend.fetch, request.episode_id)
+            if found is None:
                 raise Rejection(grpc.StatusCode.NOT_FOUND, "not_found", f"episode {request.episode_id!r} is not stored (or its upload has not completed)")
-            data = await self.run_io(self.backend.read, record)
+            record, data = found
         except Rejection as r:
             await self._reject(context, r)
         except StorageUnavailableError as e:
@@ -276,7 +281,7 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         try:
             d = json.loads(base64.urlsafe_b64decode(token.encode()))
             cursor = d["a"]
-            LogName.parse_cursor(cursor)
+            check_cursor(cursor)
         except Exception:
             raise _invalid("invalid_request", "page_token is not a next_page_token of ListEpisodes") from None
         if d.get("f") != filters:
@@ -287,7 +292,7 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
     async def WatchEpisodes(self, request, context):
         if request.cursor:
             try:
-                LogName.parse_cursor(request.cursor)
+                check_cursor(request.cursor)
             except ValueError:
                 await self._reject(context, _invalid("invalid_request", "cursor is not an EpisodeEvent.cursor of this store"))
             cursor = request.cursor

@@ -76,7 +76,11 @@ class WatchHub:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
             except asyncio.TimeoutError:
-                pass
+                continue
+            if self.backend.settle_s > 0:
+                # Our own commits pass the horizon only settle_s after they were made: one
+                # poll then covers every commit made meanwhile (instead of one list per commit).
+                await asyncio.sleep(self.backend.settle_s)
 
     async def poll(self) -> None:
         """Appends every commit between the position and the backend's horizon to the ring."""

@@ -1,0 +1,453 @@
+"""The commit protocol of episode_store over a few object-store primitives (`ObjectStoreBackend`).
+
+An upload costs one object-store write of its own, the data object, created only if absent
+(that decides which upload of an id wins). Uploads that run at the same time share one
+commit-log write (group commit):
+
+1. ``put`` joins the open batch, whose name (and stored time) is fixed when it opens, and
+   creates ``episodes/by-id/<hh>/<id>.pb`` with metadata {sha256, commit: <batch name>};
+2. a committer thread closes the batch as soon as it is free and every upload that joined
+   has its data object written, writes ``index/log/<batch name>`` listing them, and only then
+   are those uploads acknowledged. While it writes, new uploads gather in the next batch.
+
+Idempotency without a read on the common path: when the conditional create finds the object
+(S3 412), the store reads its metadata. Other sha256: ALREADY_EXISTS. Same sha256: the batch
+it names says whether it was committed (then ``already_existed``); if that batch was never
+written (a crash), the episode is committed now in a new batch. GetEpisode reads the data
+object (its key follows from the id) and checks that its batch lists it; written batches are
+immutable, so they are cached.
+
+Several replicas on one bucket: watchers pass commits older than ``settle_s``. A batch that
+is ready later than ``settle_s / 2`` after its stored time (a slow upload held it) is written
+under a fresh name instead, and ``index/moved/<old name>`` points there for readers of its
+data objects' metadata. A batch named by another writer and not written yet may still be in
+flight: a re-upload waits for it up to ``commit_grace_s`` before it commits the episode anew.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import threading
+import time
+import uuid
+from typing import Iterable
+
+from mtopt.episode_store.backend import EpisodeBackend, EpisodeConflictError, PutResult, StorageUnavailableError
+from mtopt.episode_store.layout import (
+    BY_ID_PREFIX,
+    LOG_PREFIX,
+    MOVED_PREFIX,
+    EpisodeRecord,
+    LogName,
+    NewEpisode,
+    batch_name,
+    by_id_key,
+    data_key,
+    decode_batch,
+    encode_batch,
+    parse_batch_name,
+    parse_record_cursor,
+)
+
+
+class _Batch:
+    """Uploads committed by one commit-log object (guarded by the backend's condition)."""
+
+    def __init__(self, ns: int, name: str, private: bool):
+        self.ns, self.name, self.private = ns, name, private
+        self.pending = 0  # joined, data object not written yet
+        self.entries: list[tuple[NewEpisode, str]] = []
+        self.done = False
+        self.error: BaseException | None = None
+        self.records: dict[str, EpisodeRecord] = {}
+
+
+class ObjectStoreBackend(EpisodeBackend):
+    """Group commit, log reading and layout v1 compatibility over object-store primitives.
+
+    ``settle_s``: how long a commit may take to appear in the log after its stored time
+    (several replicas on one bucket; 0 for a single writer, whose commits in flight are
+    tracked exactly). ``commit_grace_s``: how long another writer's unwritten batch may still
+    be in flight (0: no other writer).
+    """
+
+    MAX_BATCH = 256
+    PRIVATE_BYTES = 1 << 20  # episodes this big commit alone: they would hold a shared batch up
+    CACHE_BATCHES = 4096
+
+    def __init__(self, settle_s: float = 0.0, commit_grace_s: float = 0.0):
+        self.settle_s = settle_s
+        self._settle_ns = int(settle_s * 1e9)
+        self._grace_ns = int(commit_grace_s * 1e9)
+        self._lock = threading.Lock()
+        self._last_ns = 0
+        self._inflight: set[int] = set()
+        self.writer = uuid.uuid4().hex[:16]
+        self._cond = threading.Condition()
+        self._open: _Batch | None = None
+        self._sealed: collections.deque[_Batch] = collections.deque()
+        self._active: dict[str, _Batch] = {}
+        self._committer: threading.Thread | None = None
+        self._stopping = False
+        self._cache: collections.OrderedDict[str, dict[str, EpisodeRecord]] = collections.OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._legacy: bool | None = None
+
+    # -- primitives ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _put(self, key: str, data: bytes, meta: dict[str, str] | None = None) -> None:
+        """Writes an object atomically (readers see all of it or nothing), with metadata."""
+
+    @abc.abstractmethod
+    def _put_if_absent(self, key: str, data: bytes, meta: dict[str, str] | None = None) -> bool:
+        """Creates an object only if none exists; False if one did."""
+
+    @abc.abstractmethod
+    def _get(self, key: str) -> bytes | None:
+        """An object's bytes, or None if it does not exist."""
+
+    @abc.abstractmethod
+    def _get_with_meta(self, key: str) -> tuple[bytes, dict[str, str]] | None:
+        """An object's bytes and metadata, or None if it does not exist."""
+
+    @abc.abstractmethod
+    def _head(self, key: str) -> dict[str, str] | None:
+        """An object's metadata ({} if it has none), or None if it does not exist."""
+
+    @abc.abstractmethod
+    def _exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def _has_prefix(self, prefix: str) -> bool:
+        """Whether any object's key starts with ``prefix``."""
+
+    @abc.abstractmethod
+    def _list_log(self, start_after: str, limit: int) -> Iterable[str]:
+        """Up to ``limit`` commit-log keys after ``start_after``, in key order."""
+
+    # -- public object access (for other stores built on these backends, e.g. model_registry) --
+    def put_object(self, key: str, data: bytes) -> None:
+        """Writes an object atomically (readers see all of it or nothing)."""
+        self._put(key, data)
+
+    def put_object_if_absent(self, key: str, data: bytes) -> bool:
+        """Creates an object only if none exists; False if one did."""
+        return self._put_if_absent(key, data)
+
+    def get_object(self, key: str) -> bytes | None:
+        """An object's bytes, or None if it does not exist."""
+        return self._get(key)
+
+    def object_exists(self, key: str) -> bool:
+        """Whether an object exists."""
+        return self._exists(key)
+
+    # -- commit clock ------------------------------------------------------------------------
+    def _begin_commit(self) -> int:
+        with self._lock:
+            ns = max(time.time_ns(), self._last_ns + 1)
+            self._last_ns = ns
+            self._inflight.add(ns)
+            return ns
+
+    def _end_commit(self, ns: int) -> None:
+        with self._lock:
+            self._inflight.discard(ns)
+
+    def horizon_ns(self) -> int:
+        with self._lock:
+            h = time.time_ns() - self._settle_ns - 1
+            if self._inflight:
+                h = min(h, min(self._inflight) - 1)
+            return h
+
+    # -- upload ------------------------------------------------------------------------------
+    def put(self, new: NewEpisode, data: bytes) -> PutResult:
+        if self._legacy_layout():
+            legacy = self._legacy_record(new.episode_id)
+            if legacy is not None:
+                self._check_same(new, legacy.sha256)
+                return PutResult(legacy, already_existed=True)
+        key = data_key(new.episode_id)
+        private = len(data) >= self.PRIVATE_BYTES
+        batch = self._join(private)
+        try:
+            created = self._put_if_absent(key, data, {"sha256": new.sha256, "commit": batch.name})
+        except BaseException:
+            self._leave(batch)
+            raise
+        if created:
+            return PutResult(self._commit(batch, new, key), already_existed=False)
+        self._leave(batch)
+        meta = self._head(key)
+        if meta is None:
+            raise StorageUnavailableError(f"episode {new.episode_id}: data object {key} vanished while storing it; retry")
+        self._check_same(new, meta.get("sha256", ""))
+        record = self._committed(new.episode_id, meta.get("commit", ""), wait=True)
+        if record is not None:
+            return PutResult(record, already_existed=True)
+        # Its commit was interrupted (crash): commit it now, in a new batch the object names.
+        batch = self._join(private)
+        try:
+            self._put(key, data, {"sha256": new.sha256, "commit": batch.name})
+        except BaseException:
+            self._leave(batch)
+            raise
+        return PutResult(self._commit(batch, new, key), already_existed=True)
+
+    @staticmethod
+    def _check_same(new: NewEpisode, stored_sha256: str) -> None:
+        if stored_sha256 != new.sha256:
+            raise EpisodeConflictError(
+                f"episode {new.episode_id} is already stored with sha256 {stored_sha256}, "
+                f"not {new.sha256}: episode ids must be unique (use a fresh id for a new episode)"
+            )
+
+    def _new_batch(self, private: bool) -> _Batch:
+        ns = self._begin_commit()
+        batch = _Batch(ns, batch_name(ns, self.writer), private)
+        self._active[batch.name] = batch
+        return batch
+
+    def _join(self, private: bool) -> _Batch:
+        with self._cond:
+            if private:
+                batch = self._new_batch(True)
+            else:
+                batch = self._open
+                if batch is None or batch.pending + len(batch.entries) >= self.MAX_BATCH:
+                    if batch is not None:
+                        self._sealed.append(batch)
+                    batch = self._open = self._new_batch(False)
+                    if self._committer is None:
+                        self._committer = threading.Thread(target=self._run_committer, name="episode-store-commit", daemon=True)
+                        self._committer.start()
+            batch.pending += 1
+            return batch
+
+    def _leave(self, batch: _Batch) -> None:
+        """The upload will not be in ``batch`` (its data write failed or found the object)."""
+        with self._cond:
+            batch.pending -= 1
+            if batch.pending == 0 and not batch.entries and (batch.private or batch is self._open):
+                if batch is self._open:
+                    self._open = None
+                self._finish(batch, None)
+            self._cond.notify_all()
+
+    def _finish(self, batch: _Batch, error: BaseException | None) -> None:
+        batch.done, batch.error = True, error
+        self._active.pop(batch.name, None)
+        self._end_commit(batch.ns)
+        self._cond.notify_all()
+
+    def _commit(self, batch: _Batch, new: NewEpisode, key: str) -> EpisodeRecord:
+        """Adds a written upload to its batch and returns its record once the batch is durable."""
+        with self._cond:
+            batch.pending -= 1
+            batch.entries.append((new, key))
+            self._cond.notify_all()
+        if batch.private:
+            self._write(batch)
+        with self._cond:
+            while not batch.done:
+                self._cond.wait()
+        if batch.error is not None:
+            if isinstance(batch.error, StorageUnavailableError):
+                raise StorageUnavailableError(str(batch.error)) from batch.error
+            raise batch.error
+        return batch.records[new.episode_id]
+
+    def _run_committer(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._sealed:
+                        batch = self._sealed.popleft()
+                        break
+                    if self._open is not None and self._open.entries:
+                        batch, self._open = self._open, None
+                        break
+                    if self._stopping:
+                        return
+                    self._cond.wait()
+                while batch.pending:  # uploads that joined are writing their data objects
+                    self._cond.wait()
+                if not batch.entries:
+                    self._finish(batch, None)
+                    continue
+            self._write(batch)
+
+    def _write(self, batch: _Batch) -> None:
+        """Writes the batch's log object (under a fresh name if it is late) and releases its uploads."""
+        error: BaseException | None = None
+        late_ns = None
+        try:
+            name = batch.name
+            if self._settle_ns and time.time_ns() - batch.ns > self._settle_ns // 2:
+                late_ns = self._begin_commit()
+                name = batch_name(late_ns, self.writer)
+                self._put(MOVED_PREFIX + batch.name, name.encode())
+            body = encode_batch(batch.entries)
+            self._put(LOG_PREFIX + name, body)
+            records = {r.episode_id: r for r in decode_batch(name, body)}
+            self._remember(name, records)
+            if name != batch.name:
+                self._remember(batch.name, records)
+        except BaseException as e:  # reported to every upload of the batch
+            error = e
+        finally:
+            if late_ns is not None:
+                self._end_commit(late_ns)
+        with self._cond:
+            if error is None:
+                batch.records = records
+            self._finish(batch, error)
+
+    # -- reading -----------------------------------------------------------------------------
+    def _remember(self, name: str, records: dict[str, EpisodeRecord]) -> None:
+        with self._cache_lock:
+            self._cache[name] = records
+            self._cache.move_to_end(name)
+            while len(self._cache) > self.CACHE_BATCHES:
+                self._cache.popitem(last=False)
+
+    def _batch_records(self, name: str) -> dict[str, EpisodeRecord] | None:
+        """The records of a written batch by id, in commit order (following a move); None if unwritten."""
+        with self._cache_lock:
+            hit = self._cache.get(name)
+            if hit is not None:
+                self._cache.move_to_end(name)
+                return hit
+        final, body = name, self._get(LOG_PREFIX + name)
+        if body is None:
+            moved = self._get(MOVED_PREFIX + name)
+            if moved is None:
+                return None
+            final = moved.decode()
+            body = self._get(LOG_PREFIX + final)
+            if body is None:
+                return None
+        records = {r.episode_id: r for r in decode_batch(final, body)}
+        self._remember(final, records)
+        if final != name:
+            self._remember(name, records)
+        return records
+
+    def _committed(self, episode_id: str, batch: str, wait: bool) -> EpisodeRecord | None:
+        """The record of ``episode_id`` if batch ``batch`` is written and lists it, else None.
+
+        ``wait``: first wait for the batch if it may still be in flight (ours, or another
+        writer's within ``commit_grace_s`` of its stored time)."""
+        parsed = parse_batch_name(batch)
+        if parsed is None:
+            return None
+        while True:
+            with self._cond:
+                own = self._active.get(batch)
+                if own is not None:
+                    if not wait:
+                        return None
+                    while not own.done:
+                        self._cond.wait()
+                    return None if own.error is not None else own.records.get(episode_id)
+            records = self._batch_records(batch)
+            if records is not None:
+                return records.get(episode_id)
+            if not wait or parsed[1] == self.writer or time.time_ns() > parsed[0] + self._grace_ns:
+                return None
+            time.sleep(0.05)
+
+    def get(self, episode_id: str) -> EpisodeRecord | None:
+        meta = self._head(data_key(episode_id))
+        if meta is not None:
+            record = self._committed(episode_id, meta.get("commit", ""), wait=False)
+            return record if record is not None and record.sha256 == meta.get("sha256") else None
+        return self._legacy_record(episode_id) if self._legacy_layout() else None
+
+    def fetch(self, episode_id: str) -> tuple[EpisodeRecord, bytes] | None:
+        got = self._get_with_meta(data_key(episode_id))
+        if got is not None:
+            data, meta = got
+            record = self._committed(episode_id, meta.get("commit", ""), wait=False)
+            return (record, data) if record is not None and record.sha256 == meta.get("sha256") else None
+        record = self._legacy_record(episode_id) if self._legacy_layout() else None
+        return None if record is None else (record, self.read(record))
+
+    def read(self, record: EpisodeRecord) -> bytes:
+        data = self._get(record.storage_key)
+        if data is None:
+            raise StorageUnavailableError(f"episode {record.episode_id}: data object {record.storage_key} is missing")
+        return data
+
+    def _legacy_layout(self) -> bool:
+        """Whether the storage holds layout v1 records (checked once; v1 is never written)."""
+        if self._legacy is None:
+            self._legacy = self._has_prefix(BY_ID_PREFIX)
+        return self._legacy
+
+    def _legacy_record(self, episode_id: str) -> EpisodeRecord | None:
+        body = self._get(by_id_key(episode_id))
+        if body is None:
+            return None
+        record = EpisodeRecord.from_json(body)
+        return record if self._exists(record.log_name.key) else None
+
+    def scan_log(self, after, limit, match=None, max_scan=10_000, max_stored_ns=None):
+        matched: list[EpisodeRecord] = []
+        last, scanned = after, 0
+
+        def take(name: LogName, cursor: str, load) -> bool:  # True: stop here
+            nonlocal last, scanned
+            scanned += 1
+            last = cursor
+            if match is None or match(name):
+                record = load()
+                if record is not None:
+                    matched.append(record)
+            return len(matched) >= limit or scanned >= max_scan
+
+        start = f"{LOG_PREFIX}{after}" if after else ""
+        in_batch = parse_record_cursor(after) if after else None
+        if in_batch is not None:  # the rest of the batch the cursor is in
+            start = LOG_PREFIX + in_batch[0]
+            for r in list((self._batch_records(in_batch[0]) or {}).values())[in_batch[1] + 1 :]:
+                if take(r.log_name, r.cursor, lambda r=r: r):
+                    return matched, last, False
+        while scanned < max_scan:
+            keys = list(self._list_log(start, 1000))
+            if not keys:
+                return matched, last, True
+            for key in keys:
+                start = key
+                name = key[len(LOG_PREFIX) :]
+                batch = parse_batch_name(name)
+                if batch is not None:
+                    if max_stored_ns is not None and batch[0] > max_stored_ns:
+                        return matched, last, True
+                    for r in (self._batch_records(name) or {}).values():
+                        if take(r.log_name, r.cursor, lambda r=r: r):
+                            return matched, last, False
+                    continue
+                try:
+                    entry = LogName.parse_key(key)
+                except ValueError:
+                    continue  # not a log name of this store
+                if max_stored_ns is not None and entry.stored_ns > max_stored_ns:
+                    return matched, last, True
+                # layout v1: one entry per episode, named by its fields; read only if it matches
+                if take(entry, entry.cursor, lambda key=key: self._legacy_entry(key)):
+                    return matched, last, False
+        return matched, last, False
+
+    def _legacy_entry(self, key: str) -> EpisodeRecord | None:
+        body = self._get(key)
+        return None if body is None else EpisodeRecord.from_json(body)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._committer is not None and self._committer is not threading.current_thread():
+            self._committer.join(timeout=30)

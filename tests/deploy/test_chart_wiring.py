@@ -18,7 +18,7 @@ import urllib.request
 
 import pytest
 from chart_wiring import ChartWiring, MinioEndpoint
-from deploy_helpers import REPO, find, render
+from deploy_helpers import REPO, find, render, to_model
 
 from mtopt.up.monitor import scrape, total
 from mtopt.up.supervisor import Supervisor, health_status
@@ -76,6 +76,18 @@ def test_rendered_env_of_the_labeller_is_a_valid_config():
     config = module.load_config(env)
     assert config.min_episodes == 40 and config.metrics_port == 9090
     assert set(k for k in env if k.startswith(module.PREFIX)) <= {module.PREFIX + f.upper() for f in config.__dataclass_fields__}
+
+
+def test_labeller_job_runs_restricted():
+    job = to_model(next(o for o in render(VALUES) if o["kind"] == "Job"), "V1Job")
+    spec = job.spec.template.spec
+    assert spec.restart_policy == "OnFailure" and spec.service_account_name == "mtopt-sim-labeller"
+    assert spec.security_context.run_as_non_root is True and spec.security_context.seccomp_profile.type == "RuntimeDefault"
+    assert spec.automount_service_account_token is False
+    sc = spec.containers[0].security_context
+    assert sc.read_only_root_filesystem is True and sc.allow_privilege_escalation is False and sc.capabilities.drop == ["ALL"]
+    assert {"cpu", "memory"} <= set(spec.containers[0].resources.limits)
+    assert "/tmp" in {m.mount_path for m in spec.containers[0].volume_mounts}
 
 
 @pytest.mark.slow

@@ -58,7 +58,7 @@ class _Batch:
         self.ns, self.name, self.private = ns, name, private
         self.pending = 0  # joined, data object not written yet
         self.entries: list[tuple[NewEpisode, str]] = []
-        self.done = False
+        self.done = threading.Event()  # set once written (or failed)
         self.error: BaseException | None = None
         self.records: dict[str, EpisodeRecord] = {}
 
@@ -219,6 +219,7 @@ class ObjectStoreBackend(EpisodeBackend):
                 if batch is None or batch.pending + len(batch.entries) >= self.MAX_BATCH:
                     if batch is not None:
                         self._sealed.append(batch)
+                        self._cond.notify()
                     batch = self._open = self._new_batch(False)
                     if self._committer is None:
                         self._committer = threading.Thread(target=self._run_committer, name="episode-store-commit", daemon=True)
@@ -234,25 +235,23 @@ class ObjectStoreBackend(EpisodeBackend):
                 if batch is self._open:
                     self._open = None
                 self._finish(batch, None)
-            self._cond.notify_all()
+            self._cond.notify()  # only the committer waits on the condition
 
     def _finish(self, batch: _Batch, error: BaseException | None) -> None:
-        batch.done, batch.error = True, error
+        batch.error = error
         self._active.pop(batch.name, None)
         self._end_commit(batch.ns)
-        self._cond.notify_all()
+        batch.done.set()
 
     def _commit(self, batch: _Batch, new: NewEpisode, key: str) -> EpisodeRecord:
         """Adds a written upload to its batch and returns its record once the batch is durable."""
         with self._cond:
             batch.pending -= 1
             batch.entries.append((new, key))
-            self._cond.notify_all()
+            self._cond.notify()  # only the committer waits on the condition
         if batch.private:
             self._write(batch)
-        with self._cond:
-            while not batch.done:
-                self._cond.wait()
+        batch.done.wait()
         if batch.error is not None:
             if isinstance(batch.error, StorageUnavailableError):
                 raise StorageUnavailableError(str(batch.error)) from batch.error
@@ -288,9 +287,9 @@ class ObjectStoreBackend(EpisodeBackend):
             if self._settle_ns and time.time_ns() - batch.ns > self._settle_ns // 2:
                 late_ns = self._begin_commit()
                 name = batch_name(late_ns, self.writer)
-                self._put(MOVED_PREFIX + batch.name, name.encode())
+                self._put(MOVED_PREFIX + batch.name, name.encode(), {})
             body = encode_batch(batch.entries)
-            self._put(LOG_PREFIX + name, body)
+            self._put(LOG_PREFIX + name, body, {})
             records = {r.episode_id: r for r in decode_batch(name, body)}
             self._remember(name, records)
             if name != batch.name:
@@ -346,12 +345,11 @@ class ObjectStoreBackend(EpisodeBackend):
         while True:
             with self._cond:
                 own = self._active.get(batch)
-                if own is not None:
-                    if not wait:
-                        return None
-                    while not own.done:
-                        self._cond.wait()
-                    return None if own.error is not None else own.records.get(episode_id)
+            if own is not None:
+                if not wait:
+                    return None
+                own.done.wait()
+                return None if own.error is not None else own.records.get(episode_id)
             records = self._batch_records(batch)
             if records is not None:
                 return records.get(episode_id)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import fcntl
+import http.client
 import io
 import json
 import os
@@ -27,6 +28,7 @@ from pathlib import Path
 from mtopt.episode_store.backend import EpisodeBackend, EpisodeConflictError, PutResult, StorageUnavailableError
 from mtopt.episode_store.commit import ObjectStoreBackend
 from mtopt.episode_store.layout import LOG_PREFIX
+from mtopt.episode_store.s3put import S3Putter
 from mtopt.serving.s3 import make_minio_client
 
 __all__ = [
@@ -101,7 +103,7 @@ class LocalDirBackend(ObjectStoreBackend):
     def _put(self, key: str, data: bytes, meta: dict[str, str] | None = None) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if meta is not None:  # metadata first: a crash in between leaves the old bytes with new metadata
+        if meta:  # metadata first: a crash in between leaves the old bytes with new metadata
             self._replace(self._meta_path(path), json.dumps(meta).encode())
         self._replace(path, data)
         self._sync_dir(path.parent)
@@ -118,7 +120,7 @@ class LocalDirBackend(ObjectStoreBackend):
         try:
             # One process owns the directory: a lock makes "absent? metadata, then data" one step.
             with self._create_locks[hash(key) % len(self._create_locks)]:
-                if meta is not None:
+                if meta:
                     if path.exists():
                         return False
                     self._replace(self._meta_path(path), json.dumps(meta).encode())
@@ -192,6 +194,9 @@ class MinioBackend(ObjectStoreBackend):
         self.client, self._http = make_minio_client(
             endpoint, access_key, secret_key, secure=secure, region=region, max_connections=max_connections, timeout_s=timeout_s,
         )
+        self._access_key, self._secret_key, self._secure, self._region, self._timeout_s = access_key, secret_key, secure, region, timeout_s
+        self._fast: S3Putter | None = None
+        self._fast_lock = threading.Lock()
         self._bucket_ok = False
 
     def _call(self, what: str, fn, *args, **kwargs):
@@ -213,20 +218,41 @@ class MinioBackend(ObjectStoreBackend):
         n = len(_META_HEADER)
         return {k.lower()[n:]: v for k, v in headers.items() if k.lower().startswith(_META_HEADER)}
 
+    def _putter(self) -> S3Putter:
+        if self._fast is None:
+            region = self._region or self._call("region lookup", self.client._get_region, self.bucket)
+            with self._fast_lock:
+                if self._fast is None:
+                    self._fast = S3Putter(self.endpoint, self.bucket, self._access_key, self._secret_key, region=region,
+                                          secure=self._secure, timeout_s=self._timeout_s)
+        return self._fast
+
+    def _fast_put(self, what: str, key: str, data: bytes, headers: dict[str, str]) -> int:
+        try:
+            status, code = self._putter().put(key, data, headers)
+        except (OSError, http.client.HTTPException) as e:
+            raise StorageUnavailableError(f"S3 {what} on {self.endpoint}/{self.bucket} failed: {e}") from e
+        if status // 100 != 2 and status != 412:
+            raise StorageUnavailableError(f"S3 {what} on {self.endpoint}/{self.bucket} failed: HTTP {status} {code}")
+        return status
+
     def _put(self, key: str, data: bytes, meta: dict[str, str] | None = None) -> None:
         if meta is None:
             self._call("put", self.client.put_object, self.bucket, key, io.BytesIO(data), len(data))
-        else:  # one request, no multipart logic (episodes are below the 5 GiB single-PUT limit)
+        else:  # the upload path: one lean request (episodes are below the 5 GiB single-PUT limit)
             headers = {"Content-Type": "application/octet-stream", **self._meta_headers(meta)}
-            self._call("put", self.client._put_object, self.bucket, key, data, headers=headers)
+            if self._fast_put("put", key, data, headers) == 412:
+                raise StorageUnavailableError(f"S3 put on {self.endpoint}/{self.bucket} failed: unexpected 412")
 
     def _put_if_absent(self, key: str, data: bytes, meta: dict[str, str] | None = None) -> bool:
         from minio.error import S3Error
 
-        headers = {"If-None-Match": "*", "Content-Type": "application/octet-stream" if meta else "application/json"}
+        if meta is not None:  # the upload path: lean conditional create
+            headers = {"If-None-Match": "*", "Content-Type": "application/octet-stream", **self._meta_headers(meta)}
+            return self._fast_put("conditional put", key, data, headers) != 412
         try:
-            # Conditional create; minio-py has no public argument for it.
-            self.client._put_object(self.bucket, key, data, headers={**headers, **self._meta_headers(meta)})
+            # Conditional create (If-None-Match: *); minio-py has no public argument for it.
+            self.client._put_object(self.bucket, key, data, headers={"If-None-Match": "*", "Content-Type": "application/json"})
             return True
         except S3Error as e:
             if e.code == "PreconditionFailed":
@@ -303,4 +329,6 @@ class MinioBackend(ObjectStoreBackend):
 
     def close(self) -> None:
         super().close()
+        if self._fast is not None:
+            self._fast.close()
         self._http.clear()

@@ -1,0 +1,166 @@
+"""Group commit of episode_store: shared commit-log batches, late batches, another writer's
+batch in flight, layout v1 data, and watches over several replicas on one bucket."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from store_harness import encode, make_episode
+from test_episode_store_api import STORED, Watcher
+from test_episode_store_storage import new_episode, open_backend  # noqa: F401 - fixture
+from mtopt.episode_store.layout import (
+    LOG_PREFIX, MOVED_PREFIX, EpisodeRecord, by_id_key, data_key, parse_batch_name,
+)
+from mtopt.episode_store.storage import EpisodeConflictError, MinioBackend, StorageUnavailableError
+
+
+def log_keys(backend) -> list[str]:
+    return list(backend._list_log("", 10_000))
+
+
+def test_concurrent_uploads_share_batches_listed_once_in_order(open_backend):
+    backend = open_backend()
+    episodes = [new_episode(i, robot=f"robot-{i % 4}") for i in range(32)]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda e: backend.put(*e), episodes))
+    assert not any(r.already_existed for r in results)
+    records, last, end = backend.scan_log("", 1000)
+    assert end and sorted(r.episode_id for r in records) == sorted(e.episode_id for e, _ in episodes)
+    assert [r.cursor for r in records] == sorted({r.cursor for r in records})  # strictly increasing, unique
+    assert {r.episode_id: r for r in records} == {r.record.episode_id: r.record for r in results}
+    batches = log_keys(backend)
+    assert all(parse_batch_name(k[len(LOG_PREFIX):]) for k in batches)
+    assert len(batches) < len(episodes), "concurrent uploads should share commit-log batches"
+    # A cursor in the middle of a batch resumes exactly after it, also from a fresh process.
+    shared = next(i for i in range(1, len(records)) if records[i].stored_ns == records[i - 1].stored_ns)
+    for reader in (backend, open_backend()):
+        rest, _, end = reader.scan_log(records[shared - 1].cursor, 1000)
+        assert [r.cursor for r in rest] == [r.cursor for r in records[shared:]] and end
+    robot2, _, _ = backend.scan_log("", 1000, match=lambda n: n.robot_id == "robot-2")
+    assert [r.episode_id for r in robot2] == [r.episode_id for r in records if r.robot_id == "robot-2"]
+    first_page, cursor, end = backend.scan_log("", 5)
+    assert len(first_page) == 5 and not end and cursor == records[4].cursor
+
+
+def test_layout_v1_episodes_stay_readable_and_idempotent(open_backend):
+    backend = open_backend()
+    old, old_data = new_episode(1)
+    record = EpisodeRecord(**{**old.__dict__}, stored_ns=1_700_000_000_000_000_000,
+                           storage_key=f"episodes/date=2023-11-14/robot=robot-0/{old.episode_id}.pb")
+    backend.put_object(record.storage_key, old_data)
+    backend.put_object(by_id_key(old.episode_id), record.to_json())
+    backend.put_object(record.log_name.key, record.to_json())
+    backend = open_backend()  # a store started on v1 data
+    assert backend.get(old.episode_id) == record
+    assert backend.fetch(old.episode_id) == (record, old_data)
+    assert backend.put(old, old_data).already_existed
+    with pytest.raises(EpisodeConflictError):
+        backend.put(*new_episode(1, data=b"other bytes"))
+    new = backend.put(*new_episode(2)).record
+    records, _, end = backend.scan_log("", 100)
+    assert [r.episode_id for r in records] == [old.episode_id, new.episode_id] and end
+    rest, _, _ = backend.scan_log(record.cursor, 100)  # a v1 cursor a consumer persisted
+    assert [r.episode_id for r in rest] == [new.episode_id]
+
+
+class SlowDataWrites(MinioBackend):
+    delay_s = 0.0
+
+    def _put_if_absent(self, key, data, meta=None):
+        time.sleep(self.delay_s)
+        return super()._put_if_absent(key, data, meta)
+
+
+class SlowLogWrites(MinioBackend):
+    delay_s = 0.0
+
+    def _put(self, key, data, meta=None):
+        if key.startswith(LOG_PREFIX):
+            time.sleep(self.delay_s)
+        super()._put(key, data, meta)
+
+
+def minio_backend(minio, bucket, cls=MinioBackend, **kwargs):
+    backend = cls(minio.endpoint, bucket, minio.access_key, minio.secret_key, **kwargs)
+    backend.ping()
+    return backend
+
+
+def test_a_late_batch_is_written_under_a_fresh_name(minio_server):
+    bucket = minio_server.new_bucket_name()
+    slow = minio_backend(minio_server, bucket, SlowDataWrites, settle_s=0.2)
+    slow.delay_s = 0.15  # longer than settle_s / 2: watchers of other replicas may have passed its name
+    new, data = new_episode(1)
+    before = time.time_ns()
+    result = slow.put(new, data)
+    (key,) = log_keys(slow)
+    assert result.record.stored_ns > before + 0.1e9 and key == LOG_PREFIX + result.record.cursor.rsplit("/", 1)[0]
+    reader = minio_backend(minio_server, bucket)  # no cache: follows index/moved/ from the data object's metadata
+    assert len(list(reader.client.list_objects(bucket, prefix=MOVED_PREFIX, recursive=True))) == 1
+    assert reader.get(new.episode_id) == result.record
+    assert reader.put(new, data).already_existed
+    assert [r.episode_id for r in reader.scan_log("", 10)[0]] == [new.episode_id]
+    for b in (slow, reader):
+        b.close()
+
+
+def test_a_reupload_waits_for_another_writers_batch_in_flight(minio_server):
+    bucket = minio_server.new_bucket_name()
+    writer = minio_backend(minio_server, bucket, SlowLogWrites, settle_s=0.0)
+    writer.delay_s = 0.5
+    other = minio_backend(minio_server, bucket, settle_s=0.0)
+    new, data = new_episode(1)
+    first = []
+    t = threading.Thread(target=lambda: first.append(writer.put(new, data)))
+    t.start()
+    deadline = time.monotonic() + 10
+    while other._head(data_key(new.episode_id)) is None:  # the data object is written, its batch not yet
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert other.get(new.episode_id) is None  # not committed yet: invisible
+    again = other.put(new, data)
+    t.join(10)
+    assert again.already_existed and not first[0].already_existed and again.record == first[0].record
+    assert [r.episode_id for r in other.scan_log("", 10)[0]] == [new.episode_id]
+    for b in (writer, other):
+        b.close()
+
+
+def test_s3_errors_of_the_upload_path_are_unavailable(minio_server):
+    backend = MinioBackend(minio_server.endpoint, minio_server.new_bucket_name(), minio_server.access_key,
+                           minio_server.secret_key, create_bucket=False, region="us-east-1")
+    with pytest.raises(StorageUnavailableError, match="NoSuchBucket"):
+        backend.put(*new_episode(1))
+    wrong = MinioBackend(minio_server.endpoint, "mtopt", minio_server.access_key, "not-the-secret", region="us-east-1")
+    with pytest.raises(StorageUnavailableError):
+        wrong.put(*new_episode(1))
+    for b in (backend, wrong):
+        b.close()
+
+
+def test_watch_over_two_replicas_sees_every_upload_once_in_order(make_store, backend_kind, minio_server):
+    if backend_kind == "local":
+        pytest.skip("one directory has one store process; replicas share a bucket")
+    first = make_store(watch_settle_s=0.3)
+    second = make_store(s3_bucket=first.config.s3_bucket, watch_settle_s=0.3)
+    watcher = Watcher(first.stub, backfill=True)
+    episodes = [make_episode(robot_id=f"robot-{i % 3}", seed=i) for i in range(24)]
+    with ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(lambda i: (first, second)[i % 2].upload(encode(episodes[i])), range(len(episodes))))
+    assert not any(r.already_existed for r in replies)
+    watcher.wait_for(lambda evs: len([e for e in evs if e.type == STORED]) >= len(episodes))
+    time.sleep(0.5)
+    stored = [e for e in watcher.events if e.type == STORED]
+    assert sorted(watcher.stored_ids()) == sorted(e.episode_id for e in episodes)  # each once
+    assert [e.cursor for e in stored] == sorted(e.cursor for e in stored)
+    listed = second.list_all()
+    assert [s.episode_id for s in listed] == watcher.stored_ids()  # one order for every replica
+    resumed = Watcher(second.stub, cursor=stored[10].cursor)
+    resumed.wait_for(lambda evs: len([e for e in evs if e.type == STORED]) >= len(episodes) - 11)
+    assert resumed.stored_ids() == watcher.stored_ids()[11:]
+    for w in (watcher, resumed):
+        w.cancel()

@@ -53,6 +53,7 @@ class _Batch:
 
     def __init__(self, ns: int, name: str, private: bool):
         self.ns, self.name, self.private = ns, name, private
+        self.opened = time.monotonic()
         self.pending = 0  # joined, data object not written yet
         self.entries: list[tuple[NewEpisode, str]] = []
         self.done = threading.Event()  # set once written (or failed)
@@ -66,14 +67,16 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
     ``settle_s``: how long a commit may take to appear in the log after its stored time
     (several replicas on one bucket; 0 for a single writer, whose commits in flight are
     tracked exactly). ``commit_grace_s``: how long another writer's unwritten batch may still
-    be in flight (0: no other writer).
+    be in flight (0: no other writer). ``gather_s``: how long a batch stays open for more
+    uploads after its first one joined (fewer log writes under load, that much more latency).
     """
 
     MAX_BATCH = 256
     PRIVATE_BYTES = 1 << 20  # episodes this big commit alone: they would hold a shared batch up
 
-    def __init__(self, settle_s: float = 0.0, commit_grace_s: float = 0.0):
+    def __init__(self, settle_s: float = 0.0, commit_grace_s: float = 0.0, gather_s: float = 0.003):
         self.settle_s = settle_s
+        self.gather_s = gather_s
         self._settle_ns = int(settle_s * 1e9)
         self._grace_ns = int(commit_grace_s * 1e9)
         self._lock = threading.Lock()
@@ -259,12 +262,16 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
                     if self._sealed:
                         batch = self._sealed.popleft()
                         break
+                    wait_s = None
                     if self._open is not None and self._open.entries:
-                        batch, self._open = self._open, None
-                        break
-                    if self._stopping:
+                        # Gather: uploads finishing within gather_s of the first join this batch.
+                        wait_s = self._open.opened + self.gather_s - time.monotonic()
+                        if wait_s <= 0 or self._stopping:
+                            batch, self._open = self._open, None
+                            break
+                    elif self._stopping:
                         return
-                    self._cond.wait()
+                    self._cond.wait(wait_s)
                 while batch.pending:  # uploads that joined are writing their data objects
                     self._cond.wait()
                 if not batch.entries:

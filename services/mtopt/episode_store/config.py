@@ -53,6 +53,9 @@ class EpisodeStoreConfig:
     watch_settle_s: float = 1.0
     """s3 backend: how long a commit may take to appear in the log (several replicas write
     one bucket); watch events are delayed by this much."""
+    commit_gather_s: float = 0.003
+    """Group commit: how long a commit-log batch waits for more uploads after the first joined
+    (fewer storage writes under load; adds at most this much to an upload's latency)."""
     watch_poll_s: float = 0.5
     """How often the store polls the commit log for episodes stored by other replicas."""
     max_episode_bytes: int = 64 * 1024 * 1024
@@ -78,6 +81,7 @@ class EpisodeStoreConfig:
               v("image_shape"), f"must be empty or H,W,3 with positive H and W, got {self.image_shape}")
         check(self.watch_settle_s >= 0, v("watch_settle_s"), "must be >= 0")
         check(self.watch_poll_s > 0, v("watch_poll_s"), "must be > 0")
+        check(0 <= self.commit_gather_s <= 1, v("commit_gather_s"), f"must be in [0, 1] seconds, got {self.commit_gather_s}")
         check(self.io_workers >= 1, v("io_workers"), "must be >= 1")
         check(self.grace_s >= 0, v("grace_s"), "must be >= 0")
         if self.tasks is not None:

@@ -47,8 +47,8 @@ class LocalDirBackend(ObjectStoreBackend):
     off only for throwaway test runs.
     """
 
-    def __init__(self, root: Path, *, fsync: bool = True):
-        super().__init__(settle_s=0.0, commit_grace_s=0.0)
+    def __init__(self, root: Path, *, fsync: bool = True, gather_s: float = 0.003):
+        super().__init__(settle_s=0.0, commit_grace_s=0.0, gather_s=gather_s)
         self.root = Path(root)
         self._create_locks = [threading.Lock() for _ in range(64)]
         self._fsync = fsync
@@ -187,9 +187,10 @@ class MinioBackend(ObjectStoreBackend):
     def __init__(
         self, endpoint: str, bucket: str, access_key: str, secret_key: str, *, secure: bool = False,
         region: str | None = None, create_bucket: bool = True, settle_s: float = 1.0,
-        max_connections: int = 32, timeout_s: float = 30.0, commit_grace_s: float | None = None,
+        max_connections: int = 32, timeout_s: float = 30.0, commit_grace_s: float | None = None, gather_s: float = 0.003,
     ):
-        super().__init__(settle_s=settle_s, commit_grace_s=max(settle_s, 2.0) if commit_grace_s is None else commit_grace_s)
+        super().__init__(settle_s=settle_s, commit_grace_s=max(settle_s, 2.0) if commit_grace_s is None else commit_grace_s,
+                         gather_s=gather_s)
         self.endpoint, self.bucket, self._create_bucket = endpoint, bucket, create_bucket
         self.client, self._http = make_minio_client(
             endpoint, access_key, secret_key, secure=secure, region=region, max_connections=max_connections, timeout_s=timeout_s,

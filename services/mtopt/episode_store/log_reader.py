@@ -120,8 +120,10 @@ class LogReader:
             for r in list((self._batch_records(in_batch[0]) or {}).values())[in_batch[1] + 1 :]:
                 if take(r.log_name, r.cursor, lambda r=r: r):
                     return matched, last, False
+        page = 64  # a watch poll usually finds a few new batches: ask for few names first
         while scanned < max_scan:
-            keys = list(self._list_log(start, 1000))
+            keys = list(self._list_log(start, page))
+            page = 1000
             if not keys:
                 return matched, last, True
             for key in keys:

@@ -305,8 +305,12 @@ class MinioBackend(ObjectStoreBackend):
 
     def _list_log(self, start_after: str, limit: int) -> list[str]:
         def listing():
+            # One request of at most ``limit`` keys (the public list_objects always asks for
+            # 1000); log names need no URL encoding-type (ASCII, no XML-special characters).
             out = []
-            for obj in self.client.list_objects(self.bucket, prefix=LOG_PREFIX, recursive=True, start_after=start_after or None):
+            pages = self.client._list_objects(self.bucket, prefix=LOG_PREFIX, start_after=start_after or None,
+                                              max_keys=max(1, min(limit, 1000)))
+            for obj in pages:
                 out.append(obj.object_name)
                 if len(out) >= limit:
                     break

@@ -31,7 +31,7 @@ import collections
 import threading
 import time
 import uuid
-from typing import Iterable
+from typing import Callable, Iterable
 
 from mtopt.episode_store.backend import EpisodeBackend, EpisodeConflictError, PutResult, StorageUnavailableError
 from mtopt.episode_store.layout import (
@@ -90,6 +90,8 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
         self._committer: threading.Thread | None = None
         self._stopping = False
         self._init_reader()
+        self.on_commit: Callable[[int], None] | None = None
+        """Called with the number of episodes of each commit-log batch written (metrics)."""
 
     # -- primitives ----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -209,6 +211,8 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
 
     def _join(self, private: bool) -> _Batch:
         with self._cond:
+            if self._stopping:
+                raise StorageUnavailableError("the episode backend is closed (the store is stopping); retry on another replica")
             if private:
                 batch = self._new_batch(True)
             else:
@@ -293,6 +297,8 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
             self._put(LOG_PREFIX + name, body, {})
             records = {r.episode_id: r for r in decode_batch(name, body)}
             self._remember(name, records)
+            if self.on_commit is not None:
+                self.on_commit(len(records))
             if name != batch.name:
                 self._remember(batch.name, records)
         except BaseException as e:  # reported to every upload of the batch

@@ -35,10 +35,22 @@ class StoreMetrics:
             "mtopt_episode_store_upload_duration_seconds", "Time from first chunk to acknowledgement of an upload.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=registry,
         )
+        self.commit_batches = Counter(
+            "mtopt_episode_store_commit_batches_total", "Commit-log batches written (group commit of concurrent uploads).", registry=registry
+        )
+        self.commit_batch_episodes = Histogram(
+            "mtopt_episode_store_commit_batch_episodes", "Episodes committed per commit-log batch.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry,
+        )
         self.uploads_in_flight = Gauge("mtopt_episode_store_uploads_in_flight", "Uploads being received or stored.", registry=registry)
         self.watch_streams = Gauge("mtopt_episode_store_watch_streams", "Open WatchEpisodes streams.", registry=registry)
         for reason in REJECT_REASONS:  # export zeros so dashboards and rate() see every series
             self.rejected.labels(reason)
+
+    def observe_commit(self, episodes: int) -> None:
+        """One commit-log batch of ``episodes`` was written (called from the committer thread)."""
+        self.commit_batches.inc()
+        self.commit_batch_episodes.observe(episodes)
 
     def value(self, name: str, labels: dict | None = None) -> float:
         """Current value of a sample (tests and benchmarks)."""

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from mtopt.episode_store.config import EpisodeStoreConfig
 from mtopt.episode_store.metrics import StoreMetrics
 from mtopt.episode_store.servicer import EpisodeStoreServicer
-from mtopt.episode_store.storage import EpisodeBackend, LocalDirBackend, MinioBackend
+from mtopt.episode_store.storage import EpisodeBackend, LocalDirBackend, MinioBackend, ObjectStoreBackend
 from mtopt.episode_store.watch import WatchHub
 from mtopt.serving import GrpcService, MetricsServer, run_service
 from mtopt.serving.s3 import s3_backend_args
@@ -77,6 +77,8 @@ async def start_episode_store(
     backend = backend if backend is not None else build_backend(config)
     registry = registry if registry is not None else CollectorRegistry()
     metrics = StoreMetrics(registry)
+    if isinstance(backend, ObjectStoreBackend):
+        backend.on_commit = metrics.observe_commit
     executor = ThreadPoolExecutor(max_workers=config.io_workers, thread_name_prefix="episode-store-io")
 
     async def run_io(fn, *args):

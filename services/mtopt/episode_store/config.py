@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Mapping
 
 from mtopt.serving.config import check, from_env
-from mtopt.serving.s3 import check_s3_settings, read_s3_credentials
+from mtopt.serving.s3 import S3Settings, check_s3_settings, read_s3_credentials
 
 PREFIX = "MTOPT_EPISODE_STORE_"
 BACKENDS = ("local", "s3")
 
 
 @dataclasses.dataclass(frozen=True)
-class EpisodeStoreConfig:
+class EpisodeStoreConfig(S3Settings):
     """Everything episode_store needs to start; see each field's docstring."""
 
     port: int = 50051
@@ -36,20 +36,6 @@ class EpisodeStoreConfig:
     """Directory of the local backend (one store process per directory)."""
     fsync: bool = True
     """Local backend: fsync every file before acknowledging an upload."""
-    s3_endpoint: str = ""
-    """host:port of the S3 endpoint, e.g. minio:9000 (required when backend=s3)."""
-    s3_bucket: str = "mtopt"
-    """Bucket that holds episodes/ and index/."""
-    s3_secure: bool = False
-    """Use HTTPS for the S3 endpoint."""
-    s3_region: str = ""
-    """S3 region (empty: the endpoint's default)."""
-    s3_create_bucket: bool = True
-    """Create the bucket if it does not exist."""
-    s3_access_key: str = dataclasses.field(default="", repr=False)
-    """S3 access key; set MTOPT_S3_ACCESS_KEY (or AWS_ACCESS_KEY_ID)."""
-    s3_secret_key: str = dataclasses.field(default="", repr=False)
-    """S3 secret key; set MTOPT_S3_SECRET_KEY (or AWS_SECRET_ACCESS_KEY)."""
     watch_settle_s: float = 1.0
     """s3 backend: how long a commit may take to appear in the log (several replicas write
     one bucket); watch events are delayed by this much."""

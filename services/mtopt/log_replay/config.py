@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 from mtopt.serving.config import check, from_env
-from mtopt.serving.s3 import check_s3_settings, read_s3_credentials
+from mtopt.serving.s3 import S3Settings, check_s3_settings, read_s3_credentials
 
 PREFIX = "MTOPT_LOG_REPLAY_"
 BACKENDS = ("local", "s3")
@@ -23,7 +23,7 @@ IMPERSONATION_MODES = ("orig", "all", "skill")
 
 
 @dataclasses.dataclass(frozen=True)
-class LogReplayConfig:
+class LogReplayConfig(S3Settings):
     """Everything log_replay needs to start; see each field's docstring."""
 
     port: int = 50053
@@ -70,20 +70,6 @@ class LogReplayConfig:
     """Directory of the local cursor backend (one log_replay process per directory)."""
     fsync: bool = True
     """Local backend: fsync the cursor file on every write."""
-    s3_endpoint: str = ""
-    """host:port of the S3 endpoint, e.g. minio:9000 (required when backend=s3)."""
-    s3_bucket: str = "mtopt"
-    """Bucket holding log_replay/cursor.json."""
-    s3_secure: bool = False
-    """Use HTTPS for the S3 endpoint."""
-    s3_region: str = ""
-    """S3 region (empty: the endpoint's default)."""
-    s3_create_bucket: bool = True
-    """Create the bucket if it does not exist."""
-    s3_access_key: str = dataclasses.field(default="", repr=False)
-    """S3 access key; set MTOPT_S3_ACCESS_KEY (or AWS_ACCESS_KEY_ID)."""
-    s3_secret_key: str = dataclasses.field(default="", repr=False)
-    """S3 secret key; set MTOPT_S3_SECRET_KEY (or AWS_SECRET_ACCESS_KEY)."""
     tasks: Path | None = None
     """Task catalogue YAML (from MTOPT_TASKS); unset: the built-in catalogue."""
     io_workers: int = 4

@@ -14,14 +14,14 @@ from typing import Mapping
 
 from mtopt.model_registry.layout import ALIAS_PATTERN
 from mtopt.serving.config import check, from_env
-from mtopt.serving.s3 import check_s3_settings, read_s3_credentials
+from mtopt.serving.s3 import S3Settings, check_s3_settings, read_s3_credentials
 
 PREFIX = "MTOPT_MODEL_REGISTRY_"
 BACKENDS = ("local", "s3")
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelRegistryConfig:
+class ModelRegistryConfig(S3Settings):
     """Everything model_registry needs to start; see each field's docstring."""
 
     port: int = 50055
@@ -36,20 +36,6 @@ class ModelRegistryConfig:
     """Directory of the local backend (one registry process per directory)."""
     fsync: bool = True
     """Local backend: fsync every file before acknowledging a write."""
-    s3_endpoint: str = ""
-    """host:port of the S3 endpoint, e.g. minio:9000 (required when backend=s3)."""
-    s3_bucket: str = "mtopt"
-    """Bucket that holds models/ (may be shared with episode_store, whose keys never start with models/)."""
-    s3_secure: bool = False
-    """Use HTTPS for the S3 endpoint."""
-    s3_region: str = ""
-    """S3 region (empty: the endpoint's default)."""
-    s3_create_bucket: bool = True
-    """Create the bucket if it does not exist."""
-    s3_access_key: str = dataclasses.field(default="", repr=False)
-    """S3 access key; set MTOPT_S3_ACCESS_KEY (or AWS_ACCESS_KEY_ID)."""
-    s3_secret_key: str = dataclasses.field(default="", repr=False)
-    """S3 secret key; set MTOPT_S3_SECRET_KEY (or AWS_SECRET_ACCESS_KEY)."""
     default_alias: str = "stable"
     """Alias that Resolve and robot watches follow when the request names none."""
     max_artifact_bytes: int = 256 * 1024 * 1024

@@ -57,7 +57,16 @@ def check(condition: bool, variable: str, message: str) -> None:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Docstrings of a dataclass's fields (the string literal right after each field)."""
+    """Docstrings of a dataclass's fields (the string literal right after each field), including
+    the fields it inherits from dataclass bases (a subclass's docstring wins)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     try:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
@@ -81,7 +90,8 @@ def describe(cls: type, prefix: str) -> str:
     """A human-readable table of a config class's variables, defaults and docs (for --help)."""
     docs = field_docs(cls)
     lines = []
-    for f in dataclasses.fields(cls):
+    own = cls.__dict__.get("__annotations__", {})
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):  # the class's own fields first
         default = _default_of(f)
         shown = "(required)" if default is dataclasses.MISSING else f"default {_format(default)!s}"
         lines.append(f"{env_name(prefix, f.name)}  {shown}\n    {docs.get(f.name, '')}")

@@ -5,16 +5,46 @@
 - `check_s3_settings`: the ``__post_init__`` checks of a config's s3_* fields when backend=s3.
 - `s3_backend_args`: a config's s3_* fields as the arguments of a MinIO-backed store.
 - `make_minio_client`: a ``minio.Minio`` client with a bounded, retrying connection pool.
-
-Each service still declares the s3_* fields in its own config dataclass (their docstrings
-are read from that class's source for ``--help-config``).
+- `S3Settings`: the s3_* fields every storage service's config dataclass inherits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from mtopt.serving.config import check
+
+@dataclasses.dataclass(frozen=True)
+class S3Settings:
+    """The S3 settings of a service that stores objects (used when its backend is s3).
+
+    A service's config inherits them, so they read as ``<PREFIX>S3_ENDPOINT`` and so on::
+
+        @dataclasses.dataclass(frozen=True)
+        class TrainerConfig(S3Settings):
+            backend: str = "local"
+            ...
+            def __post_init__(self):
+                if self.backend == "s3":
+                    check_s3_settings(self, PREFIX)
+    """
+
+    s3_endpoint: str = ""
+    """host:port of the S3 endpoint, e.g. minio:9000 (required when backend=s3)."""
+    s3_bucket: str = "mtopt"
+    """Bucket (may be shared by every service: each writes only under its own prefix, see docs/architecture.md)."""
+    s3_secure: bool = False
+    """Use HTTPS for the S3 endpoint."""
+    s3_region: str = ""
+    """S3 region (empty: the endpoint's default)."""
+    s3_create_bucket: bool = True
+    """Create the bucket if it does not exist."""
+    s3_access_key: str = dataclasses.field(default="", repr=False)
+    """S3 access key; set MTOPT_S3_ACCESS_KEY (or AWS_ACCESS_KEY_ID)."""
+    s3_secret_key: str = dataclasses.field(default="", repr=False)
+    """S3 secret key; set MTOPT_S3_SECRET_KEY (or AWS_SECRET_ACCESS_KEY)."""
+
 
 CREDENTIALS_HELP = "MTOPT_S3_ACCESS_KEY / MTOPT_S3_SECRET_KEY (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY): S3 credentials"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Mapping
 
 from mtopt.serving.config import check, from_env
-from mtopt.serving.s3 import check_s3_settings, read_s3_credentials
+from mtopt.serving.s3 import S3Settings, check_s3_settings, read_s3_credentials
 
 PREFIX = "MTOPT_SUCCESS_DETECTOR_"
 BACKENDS = ("local", "s3")
@@ -21,7 +21,7 @@ DEVICES = ("cpu", "cuda", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
-class SuccessDetectorConfig:
+class SuccessDetectorConfig(S3Settings):
     """Everything success_detector needs to start; see each field's docstring."""
 
     port: int = 50052
@@ -40,20 +40,6 @@ class SuccessDetectorConfig:
     """Directory of the local backend (one success_detector process per directory)."""
     fsync: bool = True
     """Local backend: fsync every file before acknowledging a write."""
-    s3_endpoint: str = ""
-    """host:port of the S3 endpoint, e.g. minio:9000 (required when backend=s3)."""
-    s3_bucket: str = "mtopt"
-    """Bucket that holds success_detector/ (shared with the other services, each under its own prefix)."""
-    s3_secure: bool = False
-    """Use HTTPS for the S3 endpoint."""
-    s3_region: str = ""
-    """S3 region (empty: the endpoint's default)."""
-    s3_create_bucket: bool = True
-    """Create the bucket if it does not exist."""
-    s3_access_key: str = dataclasses.field(default="", repr=False)
-    """S3 access key; set MTOPT_S3_ACCESS_KEY (or AWS_ACCESS_KEY_ID)."""
-    s3_secret_key: str = dataclasses.field(default="", repr=False)
-    """S3 secret key; set MTOPT_S3_SECRET_KEY (or AWS_SECRET_ACCESS_KEY)."""
     image_size: int = 64
     """Side of the square RGB final images the SD takes (examples and Classify images must match)."""
     channels: int = 32

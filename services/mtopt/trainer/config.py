@@ -15,7 +15,7 @@ from typing import Mapping
 
 from mtopt.core.config import MTOptConfig
 from mtopt.serving.config import check, from_env
-from mtopt.serving.s3 import check_s3_settings, read_s3_credentials
+from mtopt.serving.s3 import S3Settings, check_s3_settings, read_s3_credentials
 
 PREFIX = "MTOPT_TRAINER_"
 BACKENDS = ("local", "s3")
@@ -24,7 +24,7 @@ _ALGO = MTOptConfig()
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainerConfig:
+class TrainerConfig(S3Settings):
     """Everything the trainer needs to start; see each field's docstring."""
 
     port: int = 50056
@@ -45,20 +45,6 @@ class TrainerConfig:
     """Directory of the local checkpoint backend (one trainer per directory)."""
     fsync: bool = True
     """Local backend: fsync every checkpoint file before the pointer moves to it."""
-    s3_endpoint: str = ""
-    """host:port of the S3 endpoint, e.g. minio:9000 (required when backend=s3)."""
-    s3_bucket: str = "mtopt"
-    """Bucket that holds trainer/checkpoints/ (may be shared with the other services)."""
-    s3_secure: bool = False
-    """Use HTTPS for the S3 endpoint."""
-    s3_region: str = ""
-    """S3 region (empty: the endpoint's default)."""
-    s3_create_bucket: bool = True
-    """Create the bucket if it does not exist."""
-    s3_access_key: str = dataclasses.field(default="", repr=False)
-    """S3 access key; set MTOPT_S3_ACCESS_KEY (or AWS_ACCESS_KEY_ID)."""
-    s3_secret_key: str = dataclasses.field(default="", repr=False)
-    """S3 secret key; set MTOPT_S3_SECRET_KEY (or AWS_SECRET_ACCESS_KEY)."""
     tasks: Path | None = None
     """Task catalogue YAML (from MTOPT_TASKS); unset: the built-in catalogue."""
     buffer_capacity_rows: int = 8192

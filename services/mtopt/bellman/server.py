@@ -27,7 +27,7 @@ from mtopt.bellman.servicer import BellmanServicer
 from mtopt.bellman.targets import TargetNetworkSource
 from mtopt.bellman.worker import BatchSource, BellmanWorker, log_replay_source
 from mtopt.model_registry.client import RegistryClient
-from mtopt.serving import GrpcService, MetricsServer, RetryPolicy, make_aio_channel, run_service
+from mtopt.serving import GrpcService, MetricsServer, RetryPolicy, RunningService, make_aio_channel, run_service
 from mtopt.trainer.core import resolve_device
 from mtopt.v1 import bellman_pb2, bellman_pb2_grpc, log_replay_pb2, log_replay_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 
@@ -39,28 +39,13 @@ LOG_REPLAY_SERVICE = log_replay_pb2.DESCRIPTOR.services_by_name["LogReplay"].ful
 
 
 @dataclasses.dataclass
-class BellmanServer:
+class BellmanServer(RunningService):
     """A running Bellman worker: its status service, the worker and metrics."""
 
     config: BellmanConfig
     service: GrpcService
     worker: BellmanWorker
     metrics: BellmanMetrics
-
-    @property
-    def port(self) -> int:
-        return self.service.port
-
-    @property
-    def metrics_port(self) -> int:
-        assert self.service.metrics is not None
-        return self.service.metrics.port
-
-    async def stop(self, grace_s: float | None = None) -> None:
-        await self.service.stop(grace_s)
-
-    async def wait_for_termination(self) -> None:
-        await self.service.wait_for_termination()
 
 
 async def _serving(channel: grpc.aio.Channel, service: str) -> bool:

@@ -24,7 +24,7 @@ from mtopt.episode_store.metrics import StoreMetrics
 from mtopt.episode_store.servicer import EpisodeStoreServicer
 from mtopt.episode_store.storage import EpisodeBackend, LocalDirBackend, MinioBackend, ObjectStoreBackend
 from mtopt.episode_store.watch import WatchHub
-from mtopt.serving import GrpcService, MetricsServer, run_service
+from mtopt.serving import GrpcService, MetricsServer, RunningService, run_service
 from mtopt.serving.s3 import s3_backend_args
 from mtopt.tasks import TaskCatalogue
 from mtopt.v1 import episode_store_pb2, episode_store_pb2_grpc
@@ -43,7 +43,7 @@ def build_backend(config: EpisodeStoreConfig) -> EpisodeBackend:
 
 
 @dataclasses.dataclass
-class EpisodeStore:
+class EpisodeStore(RunningService):
     """A running episode_store: its gRPC service, servicer, backend and metrics."""
 
     config: EpisodeStoreConfig
@@ -51,21 +51,6 @@ class EpisodeStore:
     servicer: EpisodeStoreServicer
     backend: EpisodeBackend
     metrics: StoreMetrics
-
-    @property
-    def port(self) -> int:
-        return self.service.port
-
-    @property
-    def metrics_port(self) -> int:
-        assert self.service.metrics is not None
-        return self.service.metrics.port
-
-    async def stop(self, grace_s: float | None = None) -> None:
-        await self.service.stop(grace_s)
-
-    async def wait_for_termination(self) -> None:
-        await self.service.wait_for_termination()
 
 
 async def start_episode_store(

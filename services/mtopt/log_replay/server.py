@@ -28,7 +28,7 @@ from mtopt.log_replay.relabel import Relabeller
 from mtopt.log_replay.servicer import LogReplayServicer
 from mtopt.log_replay.state import CursorStore, ReplayState
 from mtopt.model_registry.objects import LocalDirObjects, MinioObjects, ObjectStore
-from mtopt.serving import GrpcService, MetricsServer, RetryPolicy, make_aio_channel, run_service
+from mtopt.serving import GrpcService, MetricsServer, RetryPolicy, RunningService, make_aio_channel, run_service
 from mtopt.serving.s3 import s3_backend_args
 from mtopt.tasks import TaskCatalogue
 from mtopt.v1 import episode_store_pb2 as es_pb
@@ -49,7 +49,7 @@ def build_cursor_objects(config: LogReplayConfig) -> ObjectStore:
 
 
 @dataclasses.dataclass
-class LogReplay:
+class LogReplay(RunningService):
     """A running log_replay: its gRPC service, servicer, core (buffers, state) and metrics."""
 
     config: LogReplayConfig
@@ -60,23 +60,8 @@ class LogReplay:
     runner: "_Runner"
 
     @property
-    def port(self) -> int:
-        return self.service.port
-
-    @property
-    def metrics_port(self) -> int:
-        assert self.service.metrics is not None
-        return self.service.metrics.port
-
-    @property
     def follower(self) -> Follower | None:
         return self.runner.follower
-
-    async def stop(self, grace_s: float | None = None) -> None:
-        await self.service.stop(grace_s)
-
-    async def wait_for_termination(self) -> None:
-        await self.service.wait_for_termination()
 
 
 class _Runner:

@@ -25,7 +25,7 @@ from mtopt.model_registry.objects import LocalDirObjects, MinioObjects, ObjectSt
 from mtopt.model_registry.registry import Registry
 from mtopt.model_registry.servicer import ModelRegistryServicer
 from mtopt.model_registry.watch import WatchHub
-from mtopt.serving import GrpcService, MetricsServer, run_service
+from mtopt.serving import GrpcService, MetricsServer, RunningService, run_service
 from mtopt.serving.s3 import s3_backend_args
 from mtopt.v1 import model_registry_pb2, model_registry_pb2_grpc
 
@@ -42,7 +42,7 @@ def build_objects(config: ModelRegistryConfig) -> ObjectStore:
 
 
 @dataclasses.dataclass
-class ModelRegistryServer:
+class ModelRegistryServer(RunningService):
     """A running model_registry: its gRPC service, servicer, registry and metrics."""
 
     config: ModelRegistryConfig
@@ -50,21 +50,6 @@ class ModelRegistryServer:
     servicer: ModelRegistryServicer
     registry: Registry
     metrics: RegistryMetrics
-
-    @property
-    def port(self) -> int:
-        return self.service.port
-
-    @property
-    def metrics_port(self) -> int:
-        assert self.service.metrics is not None
-        return self.service.metrics.port
-
-    async def stop(self, grace_s: float | None = None) -> None:
-        await self.service.stop(grace_s)
-
-    async def wait_for_termination(self) -> None:
-        await self.service.wait_for_termination()
 
 
 async def start_model_registry(

@@ -11,13 +11,14 @@ from mtopt.serving.client import RetryPolicy, make_aio_channel, make_channel, re
 from mtopt.serving.config import ConfigError, check, describe, from_env
 from mtopt.serving.lifecycle import run_service, wait_for_signal
 from mtopt.serving.metrics import MetricsServer
-from mtopt.serving.server import GrpcService
+from mtopt.serving.server import GrpcService, RunningService
 
 __all__ = [
     "ConfigError",
     "GrpcService",
     "MetricsServer",
     "RetryPolicy",
+    "RunningService",
     "check",
     "describe",
     "from_env",

@@ -244,3 +244,34 @@ class GrpcService:
             signal_task.cancel()
             await asyncio.gather(signal_task, return_exceptions=True)
         await self.stop()
+
+
+class RunningService:
+    """Mixin of the handle a service's ``start_<service>()`` returns: the ports and the stop of its
+    `GrpcService`, found in the handle's ``service`` attribute.
+
+    Usage::
+
+        @dataclasses.dataclass
+        class TrainerServer(RunningService):
+            config: TrainerConfig
+            service: GrpcService
+            ...
+    """
+
+    service: GrpcService
+
+    @property
+    def port(self) -> int:
+        return self.service.port
+
+    @property
+    def metrics_port(self) -> int:
+        assert self.service.metrics is not None
+        return self.service.metrics.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        await self.service.stop(grace_s)
+
+    async def wait_for_termination(self) -> None:
+        await self.service.wait_for_termination()

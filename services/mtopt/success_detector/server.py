@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from mtopt.model_registry.client import AsyncRegistryClient, RegistryClient
 from mtopt.model_registry.objects import LocalDirObjects, MinioObjects, ObjectStore
-from mtopt.serving import GrpcService, MetricsServer, run_service
+from mtopt.serving import GrpcService, MetricsServer, RunningService, run_service
 from mtopt.serving.s3 import s3_backend_args
 from mtopt.success_detector.config import SuccessDetectorConfig
 from mtopt.success_detector.examples import ExampleBook
@@ -52,7 +52,7 @@ def load_catalogue() -> TaskCatalogue:
 
 
 @dataclasses.dataclass
-class SuccessDetectorServer:
+class SuccessDetectorServer(RunningService):
     """A running success_detector: its gRPC service, servicer, examples, versions and metrics."""
 
     config: SuccessDetectorConfig
@@ -61,21 +61,6 @@ class SuccessDetectorServer:
     book: ExampleBook
     versions: VersionManager
     metrics: SdMetrics
-
-    @property
-    def port(self) -> int:
-        return self.service.port
-
-    @property
-    def metrics_port(self) -> int:
-        assert self.service.metrics is not None
-        return self.service.metrics.port
-
-    async def stop(self, grace_s: float | None = None) -> None:
-        await self.service.stop(grace_s)
-
-    async def wait_for_termination(self) -> None:
-        await self.service.wait_for_termination()
 
 
 async def start_success_detector(

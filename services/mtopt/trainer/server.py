@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from mtopt.model_registry.client import RegistryClient
 from mtopt.model_registry.objects import LocalDirObjects, MinioObjects, ObjectStore
-from mtopt.serving import GrpcService, MetricsServer, RetryPolicy, run_service
+from mtopt.serving import GrpcService, MetricsServer, RetryPolicy, RunningService, run_service
 from mtopt.serving.s3 import s3_backend_args
 from mtopt.tasks import TaskCatalogue
 from mtopt.trainer.checkpoints import CheckpointStore
@@ -44,7 +44,7 @@ def build_objects(config: TrainerConfig) -> ObjectStore:
 
 
 @dataclasses.dataclass
-class TrainerServer:
+class TrainerServer(RunningService):
     """A running trainer: its gRPC service, servicer, the Trainer and metrics."""
 
     config: TrainerConfig
@@ -52,21 +52,6 @@ class TrainerServer:
     servicer: TrainerServicer
     trainer: Trainer
     metrics: TrainerMetrics
-
-    @property
-    def port(self) -> int:
-        return self.service.port
-
-    @property
-    def metrics_port(self) -> int:
-        assert self.service.metrics is not None
-        return self.service.metrics.port
-
-    async def stop(self, grace_s: float | None = None) -> None:
-        await self.service.stop(grace_s)
-
-    async def wait_for_termination(self) -> None:
-        await self.service.wait_for_termination()
 
 
 async def start_trainer(

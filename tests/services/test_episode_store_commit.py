@@ -15,7 +15,7 @@ from test_episode_store_storage import new_episode, open_backend  # noqa: F401 -
 from mtopt.episode_store.layout import (
     LOG_PREFIX, MOVED_PREFIX, EpisodeRecord, by_id_key, data_key, parse_batch_name,
 )
-from mtopt.episode_store.storage import EpisodeConflictError, MinioBackend, StorageUnavailableError
+from mtopt.episode_store.storage import EpisodeConflictError, LocalDirBackend, MinioBackend, StorageUnavailableError
 from mtopt.v1 import episode_store_pb2 as es_pb
 
 
@@ -181,3 +181,39 @@ def test_concurrent_uploads_through_the_service_are_group_committed(make_store):
     assert sorted(s.episode_id for s in store.list_all()) == sorted(e.episode_id for e in episodes)
     for e in episodes[:3]:
         assert store.stub.GetEpisode(es_pb.GetEpisodeRequest(episode_id=e.episode_id), timeout=10).episode.episode_id == e.episode_id
+
+
+def test_a_stuck_data_write_does_not_hold_the_other_uploads(backend_kind, tmp_path, request):
+    base = LocalDirBackend if backend_kind == "local" else MinioBackend
+
+    class OneSlowUpload(base):
+        straggler_s = 0.2
+
+        def _put_if_absent(self, key, data, meta=None):
+            if key == data_key("ep-0000"):
+                time.sleep(1.0)  # one S3 request hangs; its batch is written without it
+            return super()._put_if_absent(key, data, meta)
+
+    if backend_kind == "local":
+        backend = OneSlowUpload(tmp_path / "store", fsync=False)
+    else:
+        minio = request.getfixturevalue("minio_server")
+        backend = minio_backend(minio, minio.new_bucket_name(), OneSlowUpload, settle_s=0.0)
+    done: dict[str, float] = {}
+
+    def upload(i):
+        if i:
+            time.sleep(0.05)  # join the slow upload's batch
+        result = backend.put(*new_episode(i))
+        done[result.record.episode_id] = time.monotonic()
+        return result
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(upload, range(4)))
+    assert not any(r.already_existed for r in results)
+    assert max(done[f"ep-{i:04d}"] for i in (1, 2, 3)) < done["ep-0000"] - 0.3
+    records, _, _ = backend.scan_log("", 100)
+    assert sorted(r.episode_id for r in records) == [f"ep-{i:04d}" for i in range(4)]
+    assert backend.get("ep-0000") == results[0].record and results[0].record.stored_ns > results[1].record.stored_ns
+    assert backend.put(*new_episode(0)).already_existed
+    backend.close()

@@ -54,6 +54,7 @@ class _Batch:
     def __init__(self, ns: int, name: str, private: bool):
         self.ns, self.name, self.private = ns, name, private
         self.opened = time.monotonic()
+        self.closed = False  # the committer took it: uploads finishing now go to a later batch
         self.pending = 0  # joined, data object not written yet
         self.entries: list[tuple[NewEpisode, str]] = []
         self.done = threading.Event()  # set once written (or failed)
@@ -72,6 +73,7 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
     """
 
     MAX_BATCH = 256
+    straggler_s = 2.0  # how long a batch waits for the data writes of uploads that joined it
     PRIVATE_BYTES = 1 << 20  # episodes this big commit alone: they would hold a shared batch up
 
     def __init__(self, settle_s: float = 0.0, commit_grace_s: float = 0.0, gather_s: float = 0.003):
@@ -177,7 +179,7 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
             self._leave(batch)
             raise
         if created:
-            return PutResult(self._commit(batch, new, key), already_existed=False)
+            return PutResult(self._commit(batch, new, key, data), already_existed=False)
         self._leave(batch)
         meta = self._head(key)
         if meta is None:
@@ -187,13 +189,17 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
         if record is not None:
             return PutResult(record, already_existed=True)
         # Its commit was interrupted (crash): commit it now, in a new batch the object names.
-        batch = self._join(private)
+        return PutResult(self._recommit(new, key, data), already_existed=True)
+
+    def _recommit(self, new: NewEpisode, key: str, data: bytes) -> EpisodeRecord:
+        """Rewrites the data object naming a new batch and commits it there."""
+        batch = self._join(len(data) >= self.PRIVATE_BYTES)
         try:
             self._put(key, data, {"sha256": new.sha256, "commit": batch.name})
         except BaseException:
             self._leave(batch)
             raise
-        return PutResult(self._commit(batch, new, key), already_existed=True)
+        return self._commit(batch, new, key, data)
 
     @staticmethod
     def _check_same(new: NewEpisode, stored_sha256: str) -> None:
@@ -244,12 +250,16 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
         self._end_commit(batch.ns)
         batch.done.set()
 
-    def _commit(self, batch: _Batch, new: NewEpisode, key: str) -> EpisodeRecord:
+    def _commit(self, batch: _Batch, new: NewEpisode, key: str, data: bytes) -> EpisodeRecord:
         """Adds a written upload to its batch and returns its record once the batch is durable."""
         with self._cond:
             batch.pending -= 1
-            batch.entries.append((new, key))
+            evicted = batch.closed  # the committer stopped waiting for this upload's data write
+            if not evicted:
+                batch.entries.append((new, key))
             self._cond.notify()  # only the committer waits on the condition
+        if evicted:
+            return self._recommit(new, key, data)
         if batch.private:
             self._write(batch)
         batch.done.wait()
@@ -276,8 +286,12 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
                     elif self._stopping:
                         return
                     self._cond.wait(wait_s)
-                while batch.pending:  # uploads that joined are writing their data objects
-                    self._cond.wait()
+                # Uploads that joined are writing their data objects; one stuck S3 request must
+                # not hold every later upload, so stragglers are left to a later batch.
+                deadline = time.monotonic() + self.straggler_s
+                while batch.pending and time.monotonic() < deadline:
+                    self._cond.wait(deadline - time.monotonic())
+                batch.closed = True
                 if not batch.entries:
                     self._finish(batch, None)
                     continue
@@ -341,3 +355,8 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
             self._cond.notify_all()
         if self._committer is not None and self._committer is not threading.current_thread():
             self._committer.join(timeout=30)
+        with self._cond:  # batches no committer will write: their uploads fail (and are retried)
+            for batch in list(self._active.values()):
+                if not batch.private:
+                    batch.closed = True
+                    self._finish(batch, StorageUnavailableError("the episode backend closed before this upload was committed; retry"))

@@ -4,7 +4,6 @@ make_registry / registry fixtures are in conftest.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from harness_factory import ServiceHarness
 from store_harness import CHANNEL_OPTIONS, LoopThread, MinioInfo
 from mtopt.model_registry import ModelRegistryConfig, start_model_registry
 from mtopt.model_registry.client import RegistryClient
@@ -35,7 +35,7 @@ def registry_config(tmp_path: Path, kind: str, minio: MinioInfo | None, **overri
     return ModelRegistryConfig(**base)
 
 
-class RegistryHarness:
+class RegistryHarness(ServiceHarness):
     """A model_registry in the test loop thread plus sync clients; restartable on the same port."""
 
     def __init__(self, loop: LoopThread, config: ModelRegistryConfig, objects_factory=None):
@@ -47,24 +47,10 @@ class RegistryHarness:
         self.stub = model_registry_pb2_grpc.ModelRegistryStub(self.channel)
         self.client = RegistryClient(self.channel, timeout_s=20)
 
-    def start(self) -> None:
+    def _start_server(self):
         objects = self._objects_factory() if self._objects_factory else None
-        self.server = self.loop.run(start_model_registry(self.config, objects=objects, readiness_interval_s=0.2))
-        if self.config.port == 0:  # keep the port across restarts
-            self.config = dataclasses.replace(self.config, port=self.server.port)
-        self.loop.run(self.server.service.wait_until_ready(30))
+        return start_model_registry(self.config, objects=objects, readiness_interval_s=0.2)
 
-    def stop(self, grace_s: float | None = None) -> None:
-        if self.server is not None:
-            self.loop.run(self.server.stop(grace_s))
-
-    def restart(self, grace_s: float | None = None, **overrides) -> None:
-        self.stop(grace_s)
-        self.config = dataclasses.replace(self.config, **overrides)
-        self.start()
-
-    def metric(self, name: str, **labels) -> float:
-        return self.server.metrics.value(name, labels)
 
     def stored_keys(self) -> list[str]:
         """Every object under models/ (to check that a rejected call stored nothing)."""

@@ -26,7 +26,7 @@ import grpc
 import numpy as np
 import pytest
 
-from harness_factory import closing_factory
+from harness_factory import ServiceHarness, closing_factory
 from store_harness import CHANNEL_OPTIONS, LoopThread, MinioInfo, StoreHarness
 from mtopt.collect import Fleet
 from mtopt.episode import Episode
@@ -64,7 +64,7 @@ def address_of(harness) -> str:
     return harness.address
 
 
-class ReplayHarness:
+class ReplayHarness(ServiceHarness):
     """A log_replay in the test loop thread plus a sync stub; restartable on the same port."""
 
     def __init__(self, loop: LoopThread, config: LogReplayConfig, catalogue: TaskCatalogue | None = None, wait_ready: bool = True):
@@ -75,28 +75,9 @@ class ReplayHarness:
         self.channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS + [("grpc.max_receive_message_length", 64 << 20)])
         self.stub = lr_grpc.LogReplayStub(self.channel)
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.config.port}"
+    def _start_server(self):
+        return start_log_replay(self.config, catalogue=self.catalogue, readiness_interval_s=0.2)
 
-    def start(self, wait_ready: bool = True) -> None:
-        self.server = self.loop.run(start_log_replay(self.config, catalogue=self.catalogue, readiness_interval_s=0.2))
-        if self.config.port == 0:  # keep the port across restarts
-            self.config = dataclasses.replace(self.config, port=self.server.port)
-        if wait_ready:
-            self.loop.run(self.server.service.wait_until_ready(60), timeout=70)
-
-    def stop(self, grace_s: float | None = None) -> None:
-        if self.server is not None:
-            self.loop.run(self.server.stop(grace_s))
-
-    def restart(self, grace_s: float | None = None, **overrides) -> None:
-        self.stop(grace_s)
-        self.config = dataclasses.replace(self.config, **overrides)
-        self.start()
-
-    def metric(self, name: str, **labels) -> float:
-        return self.server.metrics.value(name, labels)
 
     def stats(self) -> lr_pb.ReplayStats:
         return self.stub.GetStats(lr_pb.GetStatsRequest(), timeout=10)

@@ -16,7 +16,6 @@ Usage in a test module::
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 from pathlib import Path
@@ -26,7 +25,7 @@ import grpc
 import numpy as np
 import pytest
 
-from harness_factory import closing_factory
+from harness_factory import ServiceHarness, closing_factory
 from store_harness import CHANNEL_OPTIONS, LoopThread
 from mtopt.episode_codec import encode_image
 from mtopt.model_registry.objects import LocalDirObjects
@@ -54,38 +53,21 @@ def sd_config(tmp_path: Path, registry, **overrides) -> SuccessDetectorConfig:
     return SuccessDetectorConfig(**base)
 
 
-class SdHarness:
+class SdHarness(ServiceHarness):
     """A success_detector in the test loop thread plus a sync stub; restartable on the same port."""
 
     def __init__(self, loop: LoopThread, config: SuccessDetectorConfig, wait_ready: bool = True):
         self.loop, self.config, self.kind = loop, config, config.backend
         self.server = None
         self.start(wait_ready)
-        self.address = f"127.0.0.1:{self.server.port}"
         self.channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         self.stub = sd_grpc.SuccessDetectorStub(self.channel)
 
-    def start(self, wait_ready: bool = True) -> None:
-        self.server = self.loop.run(start_success_detector(self.config, readiness_interval_s=0.2))
-        if self.config.port == 0:  # keep the port across restarts
-            self.config = dataclasses.replace(self.config, port=self.server.port)
-        if wait_ready:
-            self.wait_ready()
+    ready_timeout_s = 30.0
 
-    def wait_ready(self, timeout: float = 30) -> None:
-        self.loop.run(self.server.service.wait_until_ready(timeout), timeout=timeout + 5)
+    def _start_server(self):
+        return start_success_detector(self.config, readiness_interval_s=0.2)
 
-    def stop(self, grace_s: float | None = None) -> None:
-        if self.server is not None:
-            self.loop.run(self.server.stop(grace_s))
-
-    def restart(self, grace_s: float | None = None, **overrides) -> None:
-        self.stop(grace_s)
-        self.config = dataclasses.replace(self.config, **overrides)
-        self.start()
-
-    def metric(self, name: str, **labels) -> float:
-        return self.server.metrics.value(name, labels)
 
     def stored_keys(self) -> list[str]:
         """Every object under success_detector/ (to check that a rejected call stored nothing)."""

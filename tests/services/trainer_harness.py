@@ -8,7 +8,6 @@ Fixture ``make_trainer(registry=None, **config_overrides)`` starts one (a fresh 
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
-from harness_factory import closing_factory
+from harness_factory import ServiceHarness, closing_factory
 from registry_harness import RegistryHarness
 from store_harness import CHANNEL_OPTIONS, LoopThread, MinioInfo
 from mtopt.episode_codec import tensor_to_proto
@@ -40,7 +39,7 @@ def trainer_config(tmp_path: Path, kind: str, minio: MinioInfo | None, registry_
     return TrainerConfig(**base)
 
 
-class TrainerHarness:
+class TrainerHarness(ServiceHarness):
     """A trainer in the test loop thread plus a sync stub; restartable on the same port."""
 
     def __init__(self, loop: LoopThread, config: TrainerConfig, registry: RegistryHarness | None = None, wait_ready: bool = True):
@@ -51,31 +50,12 @@ class TrainerHarness:
         self.stub = trainer_pb2_grpc.TrainerStub(self.channel)
 
     @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.port}"
-
-    @property
     def trainer(self):
         return self.server.trainer
 
-    def start(self, wait_ready: bool = True) -> None:
-        self.server = self.loop.run(start_trainer(self.config, readiness_interval_s=0.2))
-        if self.config.port == 0:  # keep the port across restarts
-            self.config = dataclasses.replace(self.config, port=self.server.port)
-        if wait_ready:
-            self.loop.run(self.server.service.wait_until_ready(60), timeout=70)
+    def _start_server(self):
+        return start_trainer(self.config, readiness_interval_s=0.2)
 
-    def stop(self, grace_s: float | None = None) -> None:
-        if self.server is not None:
-            self.loop.run(self.server.stop(grace_s))
-
-    def restart(self, grace_s: float | None = None, **overrides) -> None:
-        self.stop(grace_s)
-        self.config = dataclasses.replace(self.config, **overrides)
-        self.start()
-
-    def metric(self, name: str, **labels) -> float:
-        return self.server.metrics.value(name, labels)
 
     def push(self, batch: bellman_pb2.TargetBatch, timeout: float = 20):
         return self.stub.PushTargets(batch, timeout=timeout)

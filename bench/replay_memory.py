@@ -49,7 +49,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short run (< 1 minute): a 32 MiB budget")
     parser.add_argument("--budget-mib", type=int, default=0, help="MTOPT_LOG_REPLAY_BUFFER_BYTES in MiB (default 64, quick 32)")
     parser.add_argument("--fill", type=float, default=2.0, help="decoded episode bytes fed, as a multiple of the budget")
-    parser.add_argument("--sd-episodes", type=int, default=0, help="episodes the labeller trains the SD from (default 400, quick 200)")
+    parser.add_argument("--sd-episodes", type=int, default=0,
+                        help="episodes the labeller trains the SD from (default 400, quick 200)")
     args = parser.parse_args()
     budget_mib = args.budget_mib or (32 if args.quick else 64)
     budget = budget_mib * MIB

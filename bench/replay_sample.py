@@ -47,7 +47,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stack import Stack, cpu_seconds, sim_episode_payloads, wait_until  # noqa: E402
+from _stack import Stack, sim_episode_payloads, wait_until  # noqa: E402
 
 
 def labelled_buffer(payloads, sd_stub, catalogue):

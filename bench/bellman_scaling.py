@@ -150,6 +150,7 @@ def main() -> None:
         "baseline_is": "the same with 1 Bellman worker",
         "ratio": r(value / baseline),
         "cpus": os.cpu_count(),
+        "device": "cpu",
         "targets_computed_per_s_2": r(med[2]["targets_per_s"]),
         "targets_computed_per_s_1": r(med[1]["targets_per_s"]),
         "worker_cpu_per_wall_2": r(med[2]["worker_cpu_per_wall"]),

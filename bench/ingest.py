@@ -43,7 +43,6 @@ import io  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -53,15 +52,14 @@ from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 cv2.setNumThreads(1)
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests" / "services"))  # run_minio, free_port: the test suite's MinIO launcher
+sys.path.insert(0, str(REPO / "tests" / "services"))  # run_minio: the test suite's MinIO launcher
 
-from store_harness import free_port, run_minio  # noqa: E402
+from _stack import ServiceProcess, cpu_seconds  # noqa: E402
+from store_harness import run_minio  # noqa: E402
 
 from mtopt.collect import Fleet  # noqa: E402
 from mtopt.episode_codec import episode_to_proto  # noqa: E402
@@ -94,15 +92,6 @@ def fresh_payloads(episodes: list[common_pb2.Episode]) -> list[tuple[common_pb2.
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (Linux /proc; 0.0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 def minio_pid(port: int) -> int | None:
     """The MinIO server process listening on ``port`` (started by run_minio)."""
     for p in Path("/proc").iterdir():
@@ -117,36 +106,15 @@ def minio_pid(port: int) -> int | None:
 @contextlib.contextmanager
 def run_store(minio, log_path: Path):
     """episode_store as its own process (backend s3), ready when its health says SERVING."""
-    port = free_port()
-    env = dict(
-        os.environ,
-        MTOPT_EPISODE_STORE_PORT=str(port), MTOPT_EPISODE_STORE_HOST="127.0.0.1", MTOPT_EPISODE_STORE_METRICS_PORT="0",
-        MTOPT_EPISODE_STORE_BACKEND="s3", MTOPT_EPISODE_STORE_S3_ENDPOINT=minio.endpoint, MTOPT_EPISODE_STORE_S3_BUCKET=BUCKET,
-        MTOPT_S3_ACCESS_KEY=minio.access_key, MTOPT_S3_SECRET_KEY=minio.secret_key, MTOPT_EPISODE_STORE_GRACE_S="2",
-    )
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mtopt.episode_store"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    proc = ServiceProcess("episode_store", "episode_store", {
+        "MTOPT_EPISODE_STORE_BACKEND": "s3", "MTOPT_EPISODE_STORE_S3_ENDPOINT": minio.endpoint,
+        "MTOPT_EPISODE_STORE_S3_BUCKET": BUCKET, "MTOPT_S3_ACCESS_KEY": minio.access_key, "MTOPT_S3_SECRET_KEY": minio.secret_key,
+    }, log_path)
     try:
-        health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"episode_store did not become ready; its log:\n{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(grpc.RpcError):
-                if health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            time.sleep(0.1)
-        yield proc, port
+        proc.wait_ready(60)
+        yield proc.proc, proc.port
     finally:
-        channel.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        proc.stop()
 
 
 class StoreUploaders:

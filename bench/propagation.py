@@ -49,8 +49,8 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import grpc  # noqa: E402
 import numpy as np  # noqa: E402
+from _stack import ServiceProcess  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_P99_S = 1.0
@@ -109,46 +109,17 @@ def worker(address: str, first: int, count: int) -> None:
 
 
 # -- parent --------------------------------------------------------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def run_registry(directory: Path, log_path: Path):
     """model_registry as its own process, ready when its health says SERVING."""
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    port = free_port()
-    env = dict(os.environ, MTOPT_MODEL_REGISTRY_PORT=str(port), MTOPT_MODEL_REGISTRY_HOST="127.0.0.1",
-               MTOPT_MODEL_REGISTRY_METRICS_PORT="0", MTOPT_MODEL_REGISTRY_BACKEND="local",
-               MTOPT_MODEL_REGISTRY_DIRECTORY=str(directory), MTOPT_MODEL_REGISTRY_GRACE_S="2")
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mtopt.model_registry"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    proc = ServiceProcess("model_registry", "model_registry", {
+        "MTOPT_MODEL_REGISTRY_BACKEND": "local", "MTOPT_MODEL_REGISTRY_DIRECTORY": str(directory),
+    }, log_path)
     try:
-        health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"model_registry did not become ready; its log:\n{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(grpc.RpcError):
-                if health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
+        proc.wait_ready(60)
+        yield proc.address
     finally:
-        channel.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        proc.stop()
 
 
 class Agents:

@@ -1,48 +1,21 @@
-"""Errors of success_detector's domain code; the servicer maps each to its gRPC status.
-
-Each carries ``status`` (a grpc.StatusCode name), ``reason`` (the label of
-``mtopt_success_detector_rejected_total``) and a message that says what to do.
-"""
+"""Errors of success_detector's domain code (the shared `mtopt.serving.errors`, with this
+service's default reasons); the servicer maps each to its gRPC status, and ``reason`` labels
+``mtopt_success_detector_rejected_total``."""
 
 from __future__ import annotations
 
+from mtopt.serving.errors import InvalidRequestError as InvalidRequest
+from mtopt.serving.errors import NotFoundError, PreconditionError
+from mtopt.serving.errors import ServiceError as SdError
+from mtopt.serving.errors import TooLargeError as TooMany
+from mtopt.serving.errors import UnavailableError as Unavailable
 
-class SdError(Exception):
-    """A call refused for bad input or state; nothing was stored."""
-
-    status = "INVALID_ARGUMENT"
-
-    def __init__(self, message: str, reason: str = "invalid_request"):
-        super().__init__(message)
-        self.message, self.reason = message, reason
+__all__ = ["InvalidRequest", "NotFound", "Precondition", "SdError", "TooMany", "Unavailable"]
 
 
-class InvalidRequest(SdError):
-    status = "INVALID_ARGUMENT"
+class NotFound(NotFoundError):
+    default_reason = "unknown_version"
 
 
-class NotFound(SdError):
-    status = "NOT_FOUND"
-
-    def __init__(self, message: str, reason: str = "unknown_version"):
-        super().__init__(message, reason)
-
-
-class Precondition(SdError):
-    status = "FAILED_PRECONDITION"
-
-
-class TooMany(SdError):
-    status = "RESOURCE_EXHAUSTED"
-
-    def __init__(self, message: str, reason: str = "too_large"):
-        super().__init__(message, reason)
-
-
-class Unavailable(SdError):
-    """A dependency (registry or storage) did not answer; the caller may retry."""
-
-    status = "UNAVAILABLE"
-
-    def __init__(self, message: str, reason: str = "unavailable"):
-        super().__init__(message, reason)
+class Precondition(PreconditionError):
+    default_reason = "invalid_request"

@@ -47,3 +47,32 @@ def test_cli_quick_run_writes_results(tmp_path, capsys):
     assert summary["train_steps"] == 4 * 5
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["config"]["algo"]["impersonation"] == "skill" and len(data["curve"]) == 2
+
+
+def test_sd_refresh_labels_on_policy_images_from_ground_truth_and_fine_tunes():
+    import numpy as np
+
+    from mtopt.collect import Fleet
+    from mtopt.core.success_detector import LabelledExamples, SuccessDetector
+    from mtopt.experiment import random_batch_policy, refresh_sd
+    from mtopt.tasks import TaskCatalogue
+
+    catalogue = TaskCatalogue.load().subset(["lift-any", "place-any"])
+    rng = np.random.default_rng(0)
+    fleet = Fleet(catalogue, 8, seed=3)
+    choose = lambda r: catalogue.tasks[r.integers(len(catalogue))]
+    pending = [fleet.collect(40, choose, None, 4), fleet.collect(40, choose, random_batch_policy(rng), 4)]
+    sd = SuccessDetector(catalogue.num_slots, channels=8)
+    seed_examples = LabelledExamples(np.zeros((2, 64, 64, 3), np.uint8), np.array([0, 8]), np.array([True, False]))
+    cfg = ExperimentConfig(sd_refresh_labels=6, sd_refresh_steps=3)
+    grown, report = refresh_sd(sd, seed_examples, pending, catalogue, cfg, rng)
+
+    assert report["labels"] == 2 * 6 and len(grown) == 2 + 12 and sd.version == 1
+    finals = np.stack([e.final_image for c in pending for e in c.episodes])
+    truth = np.concatenate([c.ground_truth for c in pending])
+    for img, task, label in zip(grown.images[2:], grown.tasks[2:], grown.labels[2:]):
+        j = [t.index for t in catalogue.tasks].index(int(task))
+        i = int(np.flatnonzero((finals == img).all(axis=(1, 2, 3)))[0])
+        assert label == truth[i, j]  # every new label is the ground truth of an on-policy image
+    np.testing.assert_array_equal(grown.images[:2], seed_examples.images)  # earlier examples are kept
+    assert 0.0 <= report["flagged_precision"] <= 1.0 and 0.0 <= report["on_policy_accuracy"] <= 1.0

@@ -332,3 +332,19 @@ def test_failed_relabel_keeps_previous_outcomes(catalogue, rng):
         buffer.relabel("e0", {"lift-red": False, "lift-purple": True})
     assert ids(buffer, catalogue, "lift-red") == (["e0"], [])
     assert ids(buffer, catalogue, "lift-blue") == ([], ["e0"])
+
+
+def test_relabel_many_rebuilds_lists_in_age_order_and_is_all_or_nothing(catalogue, rng):
+    buffer = ReplayBuffer(catalogue)
+    for i in range(4):
+        buffer.add(make_episode(f"e{i}", rng), {"lift-red": i % 2 == 0, "lift-any": True})
+    buffer.relabel_many({"e0": {"lift-red": False}, "e3": {"lift-red": True, "lift-blue": True}})
+    assert ids(buffer, catalogue, "lift-red") == (["e2", "e3"], ["e0", "e1"])  # oldest first, for eviction
+    assert ids(buffer, catalogue, "lift-any") == (["e1", "e2"], [])  # e0 and e3 no longer train lift-any
+    assert ids(buffer, catalogue, "lift-blue") == (["e3"], [])
+    before = {k: (list(s), list(f)) for k, (s, f) in buffer.buffers.items()}
+    with pytest.raises(KeyError, match="gone"):
+        buffer.relabel_many({"e1": {"lift-red": True}, "gone": {"lift-red": True}})
+    with pytest.raises(KeyError, match="lift-purple"):
+        buffer.relabel_many({"e1": {"lift-red": True}, "e2": {"lift-purple": True}})
+    assert {k: (list(s), list(f)) for k, (s, f) in buffer.buffers.items()} == before

@@ -19,6 +19,7 @@ def _experiment(args: argparse.Namespace) -> int:
         success_fraction=args.success_fraction,
         gamma=args.gamma,
         learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
     )
     cfg = ExperimentConfig(
         algo=algo,
@@ -34,6 +35,11 @@ def _experiment(args: argparse.Namespace) -> int:
         eval_episodes_per_task=args.eval_episodes,
         threads=args.threads,
         max_episode_steps=args.max_episode_steps,
+        sd_random_fraction=args.sd_random_fraction,
+        sd_refresh_every=args.sd_refresh_every,
+        sd_refresh_labels=args.sd_refresh_labels,
+        device=args.device,
+        time_limit_s=args.time_limit,
     )
     if args.quick:
         cfg = dataclasses.replace(cfg, bootstrap_episodes=600, sd_examples_per_task=120, sd_epochs=10, sd_min_steps=200,
@@ -88,6 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--max-episode-steps", type=int, default=4)
     exp.add_argument("--bootstrap-episodes", type=int, default=3000)
     exp.add_argument("--sd-examples-per-task", type=int, default=300)
+    exp.add_argument("--sd-random-fraction", type=float, default=0.3,
+                     help="share of the SD's labelling pool collected with random actions (decorrelating negatives)")
+    exp.add_argument("--sd-refresh-every", type=int, default=5,
+                     help="label on-policy final images and fine-tune the SD every N iterations (0 = never)")
+    exp.add_argument("--sd-refresh-labels", type=int, default=10, help="labels per task per SD refresh")
+    exp.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
+    exp.add_argument("--time-limit", type=float, default=0.0,
+                     help="stop training after the iteration that passes S seconds, then evaluate (0 = none)")
+    exp.add_argument("--batch-size", type=int, default=128, help="train batch size")
     exp.add_argument("--iterations", type=int, default=60)
     exp.add_argument("--episodes-per-iteration", type=int, default=64)
     exp.add_argument("--train-steps-per-iteration", type=int, default=60)

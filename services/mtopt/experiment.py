@@ -20,14 +20,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mtopt.collect import Collected, Fleet
+from mtopt.collect import BatchPolicy, Collected, Fleet
 from mtopt.core.bellman import TargetNetworks
 from mtopt.core.config import MTOptConfig
 from mtopt.core.learner import Learner, TargetComputer
 from mtopt.core.networks import QNetwork
 from mtopt.core.policy import CEMPolicy
 from mtopt.core.replay import ReplayBuffer, impersonate
-from mtopt.core.success_detector import SuccessDetector, select_examples
+from mtopt.core.success_detector import LabelledExamples, SuccessDetector, select_examples
+from mtopt.robot import ACTION_DIM
 from mtopt.tasks import TaskCatalogue
 
 
@@ -48,6 +49,18 @@ class ExperimentConfig:
     sd_epochs: int = 25
     sd_min_steps: int = 1500
     """The SD trains for at least this many gradient steps (more epochs on small example sets)."""
+    sd_random_fraction: float = 0.3
+    """Share of the SD's labelling pool collected with random actions instead of the scripted
+    policy: final states that look like a success to a careless eye (an open gripper over an empty
+    plate) but are not, so the SD cannot key on the gripper's position instead of the outcome."""
+    sd_refresh_every: int = 5
+    """Every this many iterations, label some on-policy final images and fine-tune the SD (0 = off).
+    The policy seeks out whatever the SD calls a success; labelling what it produced is how the
+    SD's false positives get corrected before the policy learns to exploit them."""
+    sd_refresh_labels: int = 10
+    """Labels per task per refresh: half from images the SD currently calls a success for the task."""
+    sd_refresh_steps: int = 300
+    """Gradient steps of each SD fine-tune (on all examples labelled so far)."""
     iterations: int = 60
     episodes_per_iteration: int = 64
     train_steps_per_iteration: int = 60
@@ -65,6 +78,11 @@ class ExperimentConfig:
     replay_capacity_bytes: int = 4 << 30
     threads: int = 0
     """torch threads (0 = torch default)."""
+    device: str = "cpu"
+    """Torch device for the Q-network, targets, CEM and the SD (cpu, cuda)."""
+    time_limit_s: float = 0.0
+    """Stop the RL loop after the first iteration that ends past this many seconds (0 = no limit);
+    the final evaluation still runs, and the results say where it stopped."""
 
 
 def _label(episodes, catalogue: TaskCatalogue, sd: SuccessDetector, mode: str, threshold: float) -> list[dict[str, bool]]:
@@ -104,11 +122,16 @@ def bootstrap_and_sd(cfg: ExperimentConfig, catalogue: TaskCatalogue, log: Calla
     # held-out evaluation set below never overlaps them.
     label_fleet = Fleet(catalogue, cfg.num_robots, cfg.seed + 2, cfg.sequence_probability)
     n_label = max(cfg.sd_examples_per_task * len(catalogue) // 2, 200)
-    pool = label_fleet.collect(n_label, lambda r: catalogue.tasks[r.integers(len(catalogue))], None, cfg.max_episode_steps)
-    finals = np.stack([e.final_image for e in pool.episodes])
-    examples = select_examples(finals, pool.ground_truth, catalogue, cfg.sd_examples_per_task, rng)
+    n_random = int(round(n_label * cfg.sd_random_fraction))
+    choose = lambda r: catalogue.tasks[r.integers(len(catalogue))]
+    pools = [label_fleet.collect(n_label - n_random, choose, None, cfg.max_episode_steps)]
+    if n_random:
+        pools.append(label_fleet.collect(n_random, choose, random_batch_policy(rng), cfg.max_episode_steps))
+    finals = np.stack([e.final_image for p in pools for e in p.episodes])
+    outcomes = np.concatenate([p.ground_truth for p in pools])
+    examples = select_examples(finals, outcomes, catalogue, cfg.sd_examples_per_task, rng)
     torch.manual_seed(cfg.seed)  # the SD's initial weights must not depend on what ran before
-    sd = SuccessDetector(catalogue.num_slots, cfg.algo.image_size, cfg.algo.channels)
+    sd = SuccessDetector(catalogue.num_slots, cfg.algo.image_size, cfg.algo.channels, device=cfg.device)
     t0 = time.time()
     batches_per_epoch = max(1, -(-len(examples) // 64))
     epochs = max(cfg.sd_epochs, -(-cfg.sd_min_steps // batches_per_epoch))
@@ -126,7 +149,61 @@ def bootstrap_and_sd(cfg: ExperimentConfig, catalogue: TaskCatalogue, log: Calla
         tnr = float((~pred[:, j] & ~y).sum() / max(1, (~y).sum()))
         sd_report[t.name] = {"accuracy": float((pred[:, j] == y).mean()), "tpr": tpr, "tnr": tnr,
                              "positives": int(y.sum()), "n": int(len(y))}
-    return boot, sd, {"scripted_rates": scripted_rates, "sd": sd_report, "sd_examples": int(len(examples))}
+    return boot, sd, {"scripted_rates": scripted_rates, "sd": sd_report, "sd_examples": int(len(examples)), "examples": examples}
+
+
+def random_batch_policy(rng: np.random.Generator, terminate_probability: float = 0.2) -> BatchPolicy:
+    """Uniform random actions for a batch of robots (diverse final states for SD labelling)."""
+
+    def policy(images: np.ndarray, states: np.ndarray, tasks: np.ndarray) -> np.ndarray:
+        a = rng.uniform(-1, 1, (len(tasks), ACTION_DIM)).astype(np.float32)
+        a[:, 3] = np.where(rng.random(len(tasks)) < terminate_probability, 1.0, -1.0)
+        return a
+
+    return policy
+
+
+def refresh_sd(
+    sd: SuccessDetector,
+    examples: LabelledExamples,
+    pending: list[Collected],
+    catalogue: TaskCatalogue,
+    cfg: ExperimentConfig,
+    rng: np.random.Generator,
+) -> tuple[LabelledExamples, dict]:
+    """Labels some on-policy final images per task, fine-tunes the SD on all examples so far.
+
+    Half of each task's labels go to images the SD currently calls a success for that task (where
+    the policy finds the SD's false positives), the rest to images drawn at random. Returns the
+    grown example set and what the labels showed about the SD before the fine-tune.
+    """
+    finals = np.stack([e.final_image for c in pending for e in c.episodes])
+    truth = np.concatenate([c.ground_truth for c in pending])
+    pred = sd.predict(finals, catalogue.indices) > cfg.algo.sd_threshold
+    imgs, tasks, labels = [], [], []
+    flagged_total = flagged_true = 0
+    for j, task in enumerate(catalogue.tasks):
+        flagged = np.flatnonzero(pred[:, j])
+        n_flag = min(len(flagged), cfg.sd_refresh_labels // 2)
+        chosen = rng.choice(flagged, n_flag, replace=False) if n_flag else np.array([], int)
+        rest = np.setdiff1d(np.arange(len(finals)), chosen)
+        n_rest = min(len(rest), cfg.sd_refresh_labels - n_flag)
+        chosen = np.concatenate([chosen, rng.choice(rest, n_rest, replace=False) if n_rest else np.array([], int)])
+        flagged_total += n_flag
+        flagged_true += int(truth[chosen[:n_flag], j].sum())
+        imgs.append(finals[chosen])
+        tasks.append(np.full(len(chosen), task.index, dtype=np.int64))
+        labels.append(truth[chosen, j])
+    grown = LabelledExamples(
+        np.concatenate([examples.images, *imgs]), np.concatenate([examples.tasks, *tasks]),
+        np.concatenate([examples.labels, *labels]),
+    )
+    batches_per_epoch = max(1, -(-len(grown) // 64))
+    sd.fit(grown, epochs=max(1, round(cfg.sd_refresh_steps / batches_per_epoch)), batch_size=64,
+           seed=int(rng.integers(1 << 31)))
+    on_policy_accuracy = float((pred == truth).mean())
+    return grown, {"labels": int(sum(len(t) for t in tasks)), "flagged_precision": flagged_true / max(1, flagged_total),
+                   "on_policy_accuracy": on_policy_accuracy}
 
 
 def train_rl(
@@ -136,6 +213,7 @@ def train_rl(
     sd: SuccessDetector,
     log: Callable[[str], None],
     progress: bool = True,
+    examples: LabelledExamples | None = None,
     iterations: int | None = None,
     episodes_per_iteration: int | None = None,
     train_steps_per_iteration: int | None = None,
@@ -147,10 +225,10 @@ def train_rl(
     train_steps = train_steps_per_iteration or cfg.train_steps_per_iteration
     rng = np.random.default_rng(cfg.seed + 10)
     torch.manual_seed(cfg.seed)
-    q = QNetwork(catalogue.num_slots, algo.image_size, algo.channels, algo.multi_head)
+    q = QNetwork(catalogue.num_slots, algo.image_size, algo.channels, algo.multi_head).to(cfg.device)
     learner = Learner(q, algo)
     targets = TargetNetworks(q, algo)
-    computer = TargetComputer(targets, algo, seed=cfg.seed)
+    computer = TargetComputer(targets, algo, seed=cfg.seed, device=cfg.device)
     policy = CEMPolicy(q, algo, seed=cfg.seed)
     buffer = ReplayBuffer(catalogue, cfg.replay_capacity_bytes, algo.step_penalty)
     own = [e for e in boot.episodes if e.task in catalogue]
@@ -159,7 +237,7 @@ def train_rl(
     fleet = Fleet(catalogue, cfg.num_robots, cfg.seed + 20, cfg.sequence_probability)
     eval_fleet = Fleet(catalogue, cfg.num_robots * 4, cfg.seed + 30)
     choose = lambda r: catalogue.tasks[r.integers(len(catalogue))]
-    curve, losses = [], []
+    curve, losses, refreshes, pending = [], [], [], []
     episodes_total, t0 = len(own), time.time()
     bar = None
     if progress:
@@ -178,7 +256,18 @@ def train_rl(
         for ep, outcomes in zip(out.episodes, _label(out.episodes, catalogue, sd, algo.impersonation, algo.sd_threshold)):
             buffer.add(ep, outcomes)
         episodes_total += len(out.episodes)
-        if it % cfg.eval_every == 0 or it == iterations:
+        pending.append(out)
+        if examples is not None and cfg.sd_refresh_every and it % cfg.sd_refresh_every == 0:
+            examples, report = refresh_sd(sd, examples, pending, catalogue, cfg, rng)
+            pending = []
+            kept = list(buffer.episodes.values())
+            buffer.relabel_many({e.episode_id: o for e, o in
+                                 zip(kept, _label(kept, catalogue, sd, algo.impersonation, algo.sd_threshold))})
+            refreshes.append({"iteration": it, **report})
+            log(f"iter {it}: SD refresh +{report['labels']} labels (precision of its on-policy successes "
+                f"{report['flagged_precision']:.2f}), {len(kept)} episodes relabelled")
+        out_of_time = bool(cfg.time_limit_s) and time.time() - t0 > cfg.time_limit_s
+        if it % cfg.eval_every == 0 or it == iterations or out_of_time:
             rates = _evaluate(eval_fleet, catalogue, lambda i, s, t: policy.batch(i, s, t)[0], cfg)
             point = {"iteration": it, "train_steps": learner.steps, "episodes": episodes_total,
                      "wall_s": round(time.time() - t0, 1), "loss": float(np.mean(losses[-train_steps:])),
@@ -190,9 +279,13 @@ def train_rl(
             bar.set_postfix(loss=f"{np.mean(losses[-train_steps:]):.3f}",
                             success=f"{curve[-1]['mean_success']:.2f}" if curve else "-")
             bar.update(1)
+        if out_of_time:
+            log(f"time limit of {cfg.time_limit_s:.0f}s reached after iteration {it}")
+            break
     if bar is not None:
         bar.close()
-    return {"curve": curve, "buffer_sizes": buffer.sizes(), "episodes": episodes_total,
+    return {"curve": curve, "buffer_sizes": buffer.sizes(), "episodes": episodes_total, "sd_refreshes": refreshes,
+            "sd_labels": int(len(examples)) if examples is not None else None,
             "train_steps": learner.steps, "wall_s": time.time() - t0, "q": q}
 
 
@@ -206,7 +299,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
     t_start = time.time()
     boot, sd, info = bootstrap_and_sd(cfg, catalogue, log)
     if not cfg.single_task:
-        rl = train_rl(cfg, catalogue, boot, sd, log, progress)
+        rl = train_rl(cfg, catalogue, boot, sd, log, progress, examples=info["examples"])
         curve = rl["curve"]
         final = curve[-1]["success"]
         episodes, steps = rl["episodes"], rl["train_steps"]
@@ -217,7 +310,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
         for task in catalogue:
             sub = catalogue.subset([task.name])
             sub_cfg = dataclasses.replace(cfg, algo=single_algo)
-            rl = train_rl(sub_cfg, sub, boot, sd, log, progress,
+            rl = train_rl(sub_cfg, sub, boot, sd, log, progress, examples=info["examples"],
                           episodes_per_iteration=max(1, cfg.episodes_per_iteration // n),
                           train_steps_per_iteration=max(1, cfg.train_steps_per_iteration // n))
             final[task.name] = rl["curve"][-1]["success"][task.name]
@@ -239,6 +332,8 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
         "scripted_success": info["scripted_rates"],
         "success_detector": info["sd"],
         "sd_examples": info["sd_examples"],
+        "sd_labels_total": rl["sd_labels"] if rl is not None else info["sd_examples"],
+        "sd_refreshes": rl["sd_refreshes"] if rl is not None else [],
         "curve": curve,
         "episodes": episodes,
         "train_steps": steps,
@@ -252,7 +347,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
         (out / "results.md").write_text(results_table(result))
         plot_curve(result, out / "learning_curve.png")
         if rl is not None:
-            torch.save(rl["q"].state_dict(), out / "q.pt")
+            torch.save({k: v.cpu() for k, v in rl["q"].state_dict().items()}, out / "q.pt")
     return result
 
 

@@ -23,7 +23,8 @@ class CEMPolicy:
     def __init__(self, q: QNetwork, config: MTOptConfig, epsilon: float = 0.0, seed: int = 0):
         self.q, self.config, self.epsilon = q, config, epsilon
         self.rng = np.random.default_rng(seed)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.device = next(q.parameters()).device
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     def reset(self, task=None) -> None:
         pass
@@ -32,9 +33,9 @@ class CEMPolicy:
     def batch(self, images: np.ndarray, states: np.ndarray, tasks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Greedy actions (B, A) and their Q-values (B,) for B states at once."""
         self.q.eval()
-        img = torch.from_numpy(np.ascontiguousarray(images))
-        st = torch.from_numpy(np.asarray(states, dtype=np.float32))
-        tk = torch.from_numpy(np.asarray(tasks, dtype=np.int64))
+        img = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        st = torch.from_numpy(np.asarray(states, dtype=np.float32)).to(self.device)
+        tk = torch.from_numpy(np.asarray(tasks, dtype=np.int64)).to(self.device)
         features = self.q.tower(img)  # once per state, shared by every CEM sample
         best, score = cem_argmax(
             lambda a: self.q.score(features, st, a, tk),
@@ -44,8 +45,9 @@ class CEMPolicy:
             samples=self.config.cem_samples,
             elites=self.config.cem_elites,
             generator=self.generator,
+            device=self.device,
         )
-        return canonical_action(best.numpy()), torch.sigmoid(score).numpy()
+        return canonical_action(best.cpu().numpy()), torch.sigmoid(score).cpu().numpy()
 
     def __call__(self, obs: Observation, task_index: int) -> np.ndarray:
         if self.epsilon and self.rng.random() < self.epsilon:

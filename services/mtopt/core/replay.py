@@ -121,6 +121,24 @@ class ReplayBuffer:
         self._unlink(episode_id)
         self._link(episode_id, outcomes)
 
+    def relabel_many(self, outcomes: Mapping[str, Mapping[str, bool]]) -> None:
+        """`relabel` for many episodes at once (a new SD version relabels the whole buffer).
+
+        Validates everything first, so an unknown episode or task changes nothing; then rebuilds
+        the task lists in insertion order, which keeps the oldest episodes first for eviction.
+        """
+        for episode_id, out in outcomes.items():
+            if episode_id not in self.episodes:
+                raise KeyError(f"episode {episode_id!r} is not in the buffer (never added, or evicted)")
+            for name in out:
+                self.catalogue[name]
+        for episode_id, out in outcomes.items():
+            self.labels[episode_id] = {self.catalogue[n].index: bool(v) for n, v in out.items()}
+        self.buffers = {k: ([], []) for k in self.buffers}
+        for episode_id in self.episodes:
+            for k, ok in self.labels.get(episode_id, {}).items():
+                self.buffers.setdefault(k, ([], []))[0 if ok else 1].append(episode_id)
+
     def _link(self, episode_id: str, outcomes: Mapping[str, bool]) -> None:
         labels = {self.catalogue[n].index: bool(v) for n, v in outcomes.items()}
         self.labels[episode_id] = labels

@@ -87,7 +87,7 @@ class SuccessDetector:
         tasks = torch.from_numpy(examples.tasks)
         labels = torch.from_numpy(examples.labels.astype(np.float32))
         pos = float(labels.mean()) if len(labels) else 0.5
-        pos_weight = torch.tensor((1 - pos) / max(pos, 1e-3)).clamp(0.2, 5.0)
+        pos_weight = torch.tensor((1 - pos) / max(pos, 1e-3)).clamp(0.2, 5.0).to(self.device)
         opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         history = []
         self.net.train()

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Learning runs on a GPU machine, several at once (one GPU, 16 cores): the full method on all
+# 13 tasks (two seeds, and a larger batch) and the same budget without the success-detector
+# refresh, so the two can be compared at a budget the 2-core development box cannot reach.
+#
+#   bash scripts/gpu_experiments.sh OUTDIR [TIME_LIMIT_S]
+#
+# Runs from the repository root with the package on PYTHONPATH (no install needed where torch,
+# numpy, opencv, pyyaml, tqdm and matplotlib are present). Each run stops its RL loop after
+# TIME_LIMIT_S seconds (default 300) and then evaluates; results.json records the steps and
+# episodes it reached. Results land in OUTDIR/<run>/ and OUTDIR/<run>.log.
+set -u
+out=${1:?usage: gpu_experiments.sh OUTDIR [TIME_LIMIT_S]}
+limit=${2:-300}
+mkdir -p "$out"
+export PYTHONPATH="$PWD/services:$PWD/robot_agent${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+device=${DEVICE:-cuda}
+common=(--device "$device" --iterations 5000 --time-limit "$limit" --eval-every 25 --eval-episodes 30
+        --sd-refresh-every 10 --threads 2 --no-progress)
+run() {
+  local name=$1; shift
+  python3 -m mtopt.cli experiment --out "$out/$name" "${common[@]}" "$@" >"$out/$name.log" 2>&1
+  echo "$name: exit $? $(tail -n 1 "$out/$name.log" | cut -c1-300)"
+}
+run full-s0 --seed 0 &
+run full-s1 --seed 1 &
+run full-b512-s0 --seed 0 --batch-size 512 &
+run no-sd-refresh-s0 --seed 0 --sd-refresh-every 0 --sd-random-fraction 0 &
+wait

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Learning runs on a GPU machine, several at once (one GPU, 16 cores): the full method on all
-# 13 tasks (two seeds, and a larger batch) and the same budget without the success-detector
-# refresh, so the two can be compared at a budget the 2-core development box cannot reach.
+# 13 tasks (two seeds; batch 512 at two learning rates) and the same budget without the
+# success-detector refresh, at a budget the 2-core development box cannot reach.
 #
 #   bash scripts/gpu_experiments.sh OUTDIR [TIME_LIMIT_S]
 #
@@ -25,5 +25,6 @@ run() {
 run full-s0 --seed 0 &
 run full-s1 --seed 1 &
 run full-b512-s0 --seed 0 --batch-size 512 &
+run full-b512-lr3e-4-s0 --seed 0 --batch-size 512 --learning-rate 3e-4 &
 run no-sd-refresh-s0 --seed 0 --sd-refresh-every 0 --sd-random-fraction 0 &
 wait

@@ -130,9 +130,10 @@ class QNetwork(nn.Module):
 
         The head's broadcast tensor is (B, N, h*w, C); for CEM (N = 64) over a large batch that is
         tens of megabytes per call, which costs more in page faults than in arithmetic. Chunks of
-        a few states stay in cache.
+        a few states stay in cache. On an accelerator the whole batch goes in one call: there the
+        cost is kernel launches, not memory.
         """
-        if features.shape[0] <= chunk:
+        if features.device.type != "cpu" or features.shape[0] <= chunk:
             return self.head(features, states, actions, tasks)
         return torch.cat(
             [

@@ -3,14 +3,14 @@
 # 13 tasks (two seeds; batch 512 at two learning rates) and the same budget without the
 # success-detector refresh, at a budget the 2-core development box cannot reach.
 #
-#   bash scripts/gpu_experiments.sh OUTDIR [TIME_LIMIT_S]
+#   bash scripts/gpu_experiments.sh OUTDIR [TIME_LIMIT_S] [compare|long]
 #
 # Runs from the repository root with the package on PYTHONPATH (no install needed where torch,
 # numpy, opencv, pyyaml, tqdm and matplotlib are present). Each run stops its RL loop after
 # TIME_LIMIT_S seconds (default 300) and then evaluates; results.json records the steps and
 # episodes it reached. Results land in OUTDIR/<run>/ and OUTDIR/<run>.log.
 set -u
-out=${1:?usage: gpu_experiments.sh OUTDIR [TIME_LIMIT_S]}
+out=${1:?usage: gpu_experiments.sh OUTDIR [TIME_LIMIT_S] [compare|long]}
 limit=${2:-300}
 mkdir -p "$out"
 export PYTHONPATH="$PWD/services:$PWD/robot_agent${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -22,9 +22,20 @@ run() {
   python3 -m mtopt.cli experiment --out "$out/$name" "${common[@]}" "$@" >"$out/$name.log" 2>&1
   echo "$name: exit $? $(tail -n 1 "$out/$name.log" | cut -c1-300)"
 }
-run full-s0 --seed 0 &
-run full-s1 --seed 1 &
-run full-b512-s0 --seed 0 --batch-size 512 &
-run full-b512-lr3e-4-s0 --seed 0 --batch-size 512 --learning-rate 3e-4 &
-run no-sd-refresh-s0 --seed 0 --sd-refresh-every 0 --sd-random-fraction 0 &
+case "${3:-compare}" in
+  compare)  # what the SD refresh and the batch size change, at the same wall-clock budget
+    run full-s0 --seed 0 &
+    run full-s1 --seed 1 &
+    run full-b512-s0 --seed 0 --batch-size 512 &
+    run full-b512-lr3e-4-s0 --seed 0 --batch-size 512 --learning-rate 3e-4 &
+    run no-sd-refresh-s0 --seed 0 --sd-refresh-every 0 --sd-random-fraction 0 &
+    ;;
+  long)  # fewer runs at once, so each gets more steps in the same time
+    run full-s0 --seed 0 &
+    run full-s1 --seed 1 &
+    run full-b512-s0 --seed 0 --batch-size 512 &
+    run full-b512-labels20-s1 --seed 1 --batch-size 512 --sd-refresh-labels 20 &
+    ;;
+  *) echo "unknown run set ${3}; use compare or long" >&2; exit 2 ;;
+esac
 wait

@@ -6,8 +6,12 @@ It follows episode_store from the beginning, keeps the final image and the groun
 and once `min_episodes` have arrived it picks `examples_per_task` examples per task (half
 positive, negatives preferring near misses: `mtopt.core.success_detector.select_examples`), adds
 them with `SuccessDetector.AddExamples` (idempotent ids "<episode_id>/<task>") and asks for a new
-version with `TrainVersion(promote_when_ready=True)`. It exits 0 once that version is READY.
-Nothing in the learning pipeline reads the ground truth: from here on the SD is the only reward.
+version with `TrainVersion(promote_when_ready=True)`. It exits 0 once that version is READY,
+unless ``refresh_every_s`` > 0: then it keeps following the store and, every refresh_every_s
+seconds, labels final images of the episodes stored since its last round, half of them images
+the serving SD calls a success, and trains a new promoted SD version (continuous labelling, see
+`mtopt.sim_labeller_refresh`); it runs until SIGTERM. Nothing in the learning pipeline reads the
+ground truth: the SD is the only reward.
 
     MTOPT_SIM_LABELLER_STORE_ADDRESS=localhost:50051 \\
     MTOPT_SIM_LABELLER_SUCCESS_DETECTOR_ADDRESS=localhost:50052 python -m mtopt.sim_labeller
@@ -23,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Callable
 
 import grpc
 import numpy as np
@@ -62,6 +67,22 @@ class LabellerConfig:
     rpc_timeout_s: float = 30.0
     train_timeout_s: float = 1800.0
     """How long to wait for the SD version to become READY."""
+    refresh_every_s: float = 0.0
+    """Seconds between continuous-labelling rounds once the first version is READY (0: exit 0 then)."""
+    refresh_labels_per_task: int = 10
+    """Labels per task in a round: up to half on images the serving SD calls a success, the rest random."""
+    refresh_train_steps: int = 300
+    """Training steps of a round's SD version (warm-started from the serving one; 0: the success_detector's default)."""
+    refresh_warm_start: bool = True
+    """Warm-start a round's SD version from the serving version (else train from scratch)."""
+    refresh_train_timeout_s: float = 600.0
+    """How long a round waits for its version to become READY (still training: checked again next round)."""
+    refresh_max_episodes: int = 4096
+    """Most episodes kept between two rounds (the newest)."""
+    classify_batch: int = 256
+    """Images per Classify call in a round."""
+    sd_threshold: float = 0.5
+    """P(success) at or above which the SD calls an image a success (as log_replay's sd_threshold)."""
 
     def __post_init__(self):
         v = lambda name: PREFIX + name.upper()  # noqa: E731
@@ -69,6 +90,13 @@ class LabellerConfig:
         check(self.min_episodes >= 1, v("min_episodes"), "must be >= 1")
         check(self.train_steps >= 0, v("train_steps"), "must be >= 0")
         check(1 <= self.add_batch <= 1000, v("add_batch"), "must lie in [1, 1000]")
+        check(self.refresh_every_s >= 0, v("refresh_every_s"), "must be >= 0 (0: no continuous labelling)")
+        check(self.refresh_labels_per_task >= 1, v("refresh_labels_per_task"), "must be >= 1")
+        check(self.refresh_train_steps >= 0, v("refresh_train_steps"), "must be >= 0")
+        check(self.refresh_train_timeout_s > 0, v("refresh_train_timeout_s"), "must be > 0")
+        check(self.refresh_max_episodes >= 1, v("refresh_max_episodes"), "must be >= 1")
+        check(1 <= self.classify_batch <= 1024, v("classify_batch"), "must lie in [1, 1024]")
+        check(0.0 <= self.sd_threshold <= 1.0, v("sd_threshold"), f"must lie in [0, 1], got {self.sd_threshold}")
 
 
 def load_config(environ=None, **overrides) -> LabellerConfig:
@@ -109,6 +137,8 @@ class SimLabeller:
         self.store = es_grpc.EpisodeStoreStub(self._store)
         self.sd = sd_grpc.SuccessDetectorStub(self._sd)
         self.trainable: list[str] = [t.name for t in catalogue.tasks]
+        self.cursor = ""
+        """Position in the store's commit log after the last episode read (follow() resumes there)."""
 
     def close(self) -> None:
         self._store.close()
@@ -123,36 +153,46 @@ class SimLabeller:
 
     def collect(self, stop: threading.Event) -> _Pool | None:
         """Follows the store (backfill, then live) until min_episodes with ground truth arrived."""
-        pool, cursor = _Pool(), ""
+        pool = _Pool()
+
+        def keep(episode_id: str, image: common_pb2.Image, outcomes: list[bool]) -> bool:
+            pool.episode_ids.append(episode_id)
+            pool.images.append(image)
+            pool.outcomes.append(outcomes)
+            return len(pool) >= self.config.min_episodes
+
+        return pool if self.follow(stop, keep) else None
+
+    def follow(self, stop: threading.Event, handle: Callable[[str, common_pb2.Image, list[bool]], bool]) -> bool:
+        """Reads every stored episode after ``self.cursor`` (the backlog, then live) and calls
+        ``handle(episode_id, final_image, ground truth per catalogue task)`` for each one with
+        ground truth, until it returns True (then True) or ``stop`` is set (then False)."""
         names = [t.name for t in self.catalogue.tasks]
         while not stop.is_set():
-            call = self.store.WatchEpisodes(es_pb.WatchEpisodesRequest(cursor=cursor, backfill=True), timeout=None)
+            call = self.store.WatchEpisodes(es_pb.WatchEpisodesRequest(cursor=self.cursor, backfill=True), timeout=None)
             stopper = threading.Thread(target=lambda: (stop.wait(), call.cancel()), daemon=True)
             stopper.start()
             try:
                 for event in call:
                     if event.type != es_pb.EPISODE_EVENT_TYPE_STORED:
                         continue
-                    cursor = event.cursor
                     reply = retry_idempotent(
                         lambda: self.store.GetEpisode(es_pb.GetEpisodeRequest(episode_id=event.episode.episode_id)), self.retry)
+                    self.cursor = event.cursor
                     ep = reply.episode
                     self.seen.inc()
                     if not ep.ground_truth_success:
                         continue  # a real robot: nothing to label from
-                    pool.episode_ids.append(ep.episode_id)
-                    pool.images.append(ep.final_image)
-                    pool.outcomes.append([bool(ep.ground_truth_success.get(n, False)) for n in names])
-                    if len(pool) >= self.config.min_episodes:
+                    if handle(ep.episode_id, ep.final_image, [bool(ep.ground_truth_success.get(n, False)) for n in names]):
                         call.cancel()
-                        return pool
+                        return True
             except grpc.RpcError as e:
                 if stop.is_set():
-                    return None
+                    return False
                 if e.code() != grpc.StatusCode.CANCELLED:
                     log.warning("watch of episode_store broke (%s), resuming: %s", e.code().name, e.details())
                     stop.wait(1.0)
-        return None
+        return False
 
     def add_examples(self, pool: _Pool) -> int:
         from mtopt.core.success_detector import select_examples  # numpy-only helper
@@ -203,16 +243,21 @@ class SimLabeller:
 
 
 def serve(config: LabellerConfig) -> None:
+    from mtopt.sim_labeller_refresh import RefreshLoop
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     labeller = SimLabeller(config, TaskCatalogue.load(os.environ.get("MTOPT_TASKS") or None))
+    refresh = RefreshLoop(labeller) if config.refresh_every_s > 0 else None
     metrics = MetricsServer(labeller.metrics_registry, config.metrics_port) if config.metrics_port else None
     if metrics is not None:
         metrics.start()
     try:
-        labeller.run(stop)
+        version = labeller.run(stop)
+        if refresh is not None and version is not None:
+            refresh.run(stop)  # until SIGTERM
     finally:
         labeller.close()
         if metrics is not None:

@@ -77,3 +77,34 @@ def test_live_view_and_state_from_scraped_samples(tmp_path):
     assert {r["model_version"] for r in state["robots"].values()} == {7}
     text = render(state, {"trainer": "SERVING", "log_replay": None})
     assert "lift-red" in text and "log_replay=DOWN" in text and "bellman-0: 500/s" in text
+
+
+def test_labeller_runs_on_with_continuous_labelling(tmp_path):
+    cfg = UpConfig(data_dir=tmp_path, robots=1, bellman_workers=1)
+    labeller = next(s for s in build_topology(cfg, allocate_ports(cfg)) if s.role == "labeller")
+    assert not labeller.exits  # a long-running process: the supervisor reports it if it ends
+    config = _config_module("labeller").load_config(labeller.env)
+    assert config.refresh_every_s == 60.0 and config.refresh_labels_per_task == 10
+    one_shot = dataclasses.replace(cfg, sd_refresh_every_s=0, sd_refresh_labels=4)
+    labeller = next(s for s in build_topology(one_shot, allocate_ports(one_shot)) if s.role == "labeller")
+    assert labeller.exits and _config_module("labeller").load_config(labeller.env).refresh_every_s == 0
+
+
+def test_state_reports_sd_versions_and_labelling_rounds(tmp_path):
+    cfg = UpConfig(data_dir=Path(tmp_path), robots=1, bellman_workers=1)
+    monitor = Monitor(build_topology(cfg, allocate_ports(cfg)))
+    sd = {("mtopt_success_detector_serving_version", ()): 3.0,
+          ("mtopt_success_detector_train_runs_total", (("result", "ready"),)): 3.0,
+          ("mtopt_success_detector_train_runs_total", (("result", "failed"),)): 1.0}
+    labeller = {("mtopt_sim_labeller_refresh_rounds_total", (("result", "trained"),)): 2.0,
+                ("mtopt_sim_labeller_refresh_rounds_total", (("result", "no_new_episodes"),)): 5.0,
+                ("mtopt_sim_labeller_refresh_labels_added_total", (("outcome", "positive"),)): 7.0,
+                ("mtopt_sim_labeller_refresh_labels_added_total", (("outcome", "negative"),)): 13.0,
+                ("mtopt_sim_labeller_refresh_sd_precision", ()): 0.75}
+    monitor.history.append(Snapshot(1.0, {"success_detector": sd, "labeller": labeller}))
+    state = monitor.state()
+    assert (state["sd_version"], state["sd_versions_trained"], state["sd_refresh_rounds"]) == (3, 3, 2)
+    assert state["sd_refresh_labels"] == 20 and state["sd_precision"] == 0.75
+    labeller[("mtopt_sim_labeller_refresh_sd_precision", ())] = float("nan")  # no SD success labelled yet
+    assert monitor.state()["sd_precision"] is None
+    assert "SD v3 (2 refreshes)" in render(state, {})

@@ -63,7 +63,8 @@ def _up(args: argparse.Namespace) -> int:
         tasks=tuple(t for t in args.tasks.split(",") if t), fixed_ports=args.fixed_ports, seed=args.seed,
         min_model_step=args.min_model_step, publish_every_steps=args.publish_every_steps,
         sd_examples_per_task=args.sd_examples_per_task, sd_min_episodes=args.sd_min_episodes,
-        sd_train_steps=args.sd_train_steps, epsilon=args.epsilon, threads_per_process=args.threads,
+        sd_train_steps=args.sd_train_steps, sd_refresh_every_s=args.sd_refresh_every, sd_refresh_labels=args.sd_refresh_labels,
+        epsilon=args.epsilon, threads_per_process=args.threads,
         episode_period_s=args.episode_period, train_steps=args.train_steps, eval_s=args.eval,
     )
     summary = run_up(cfg, view=False if args.no_view else None)
@@ -132,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--sd-examples-per-task", type=int, default=200)
     up.add_argument("--sd-min-episodes", type=int, default=600, help="episodes before the labeller trains the SD")
     up.add_argument("--sd-train-steps", type=int, default=600)
+    up.add_argument("--sd-refresh-every", type=float, default=60.0,
+                    help="continuous labelling: label on-policy final images and train a new SD version every S seconds "
+                         "(0 = train the first version only)")
+    up.add_argument("--sd-refresh-labels", type=int, default=10, help="labels per task per continuous-labelling round")
     up.add_argument("--epsilon", type=float, default=0.2, help="robots' random-action probability per step")
     up.add_argument("--episode-period", type=float, default=0.5, help="shortest seconds per simulated episode")
     up.add_argument("--threads", type=int, default=1, help="torch threads per process")

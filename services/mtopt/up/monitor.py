@@ -66,6 +66,10 @@ class Snapshot:
         return merged
 
 
+def _finite(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else x
+
+
 def _rate(num: float, den: float) -> float | None:
     return num / den if den > 0 else None
 
@@ -108,6 +112,7 @@ class Monitor:
         trainer = now.role(self.specs, "trainer")
         registry = now.role(self.specs, "model_registry")
         sd = now.role(self.specs, "success_detector")
+        labeller = now.role(self.specs, "labeller")
 
         tasks: dict[str, dict] = {}
         episodes = lambda s, **m: by_label(s, "mtopt_robot_agent_episodes_total", "task", **m)  # noqa: E731
@@ -153,6 +158,11 @@ class Monitor:
             "episodes_stored": int(stored),
             "episodes_per_s": (stored - total(store_then, "mtopt_episode_store_episodes_stored_total")) / dt,
             "sd_version": int(total(sd, "mtopt_success_detector_serving_version")),
+            "sd_versions_trained": int(total(sd, "mtopt_success_detector_train_runs_total", result="ready")),
+            "sd_refresh_rounds": int(total(labeller, "mtopt_sim_labeller_refresh_rounds_total", result="trained")),
+            "sd_refresh_labels": int(total(labeller, "mtopt_sim_labeller_refresh_labels_added_total")),
+            "sd_precision": _finite(total(labeller, "mtopt_sim_labeller_refresh_sd_precision")
+                                    if ("mtopt_sim_labeller_refresh_sd_precision", ()) in labeller else None),
             "buffer_transitions": {
                 f"{t}/{o}": int(v) for (n, labels), v in sorted(replay.items()) if n == "mtopt_log_replay_buffer_transitions"
                 for t, o in [(dict(labels).get("task", "?"), dict(labels).get("outcome", "?"))]
@@ -179,7 +189,7 @@ def render(state: dict, health: dict[str, str | None]) -> str:
     """The live view as text (one screen)."""
     lines = [
         f"mtopt up  {state['elapsed_s']:6.0f}s   episodes {state['episodes_stored']} ({state['episodes_per_s']:.1f}/s)   "
-        f"SD v{state['sd_version']}   train step {state['train_steps']}  loss {state['loss'] if state['loss'] is None else round(state['loss'], 4)}"
+        f"SD v{state['sd_version']} ({state['sd_refresh_rounds']} refreshes)   train step {state['train_steps']}  loss {state['loss'] if state['loss'] is None else round(state['loss'], 4)}"
         f"   model v{state['newest_version']} ({state['versions_published']} published)",
         "services: " + "  ".join(f"{n}={(h or 'DOWN')[:11]}" for n, h in health.items()),
         f"bellman: {state['targets_per_s']:.0f} targets/s  " + "  ".join(

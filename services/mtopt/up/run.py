@@ -4,7 +4,8 @@
 
 Start order: model_registry, episode_store, success_detector, trainer, log_replay, Bellman
 workers, robots, the simulated labeller (which trains the first success detector once enough
-scripted episodes are stored). Stops cleanly after `duration_s`, on Ctrl-C or SIGTERM.
+scripted episodes are stored, then, with continuous labelling, a new version from on-policy
+labels every `sd_refresh_every_s`). Stops cleanly after `duration_s`, on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ def _summary(config: UpConfig, state: dict, codes: dict[str, int | None], error:
         "newest_model_version": state.get("newest_version", 0),
         "robot_versions": {name: r["model_version"] for name, r in state.get("robots", {}).items()},
         "sd_version": state.get("sd_version", 0),
+        "sd_versions_trained": state.get("sd_versions_trained", 0),
+        "sd_refresh_rounds": state.get("sd_refresh_rounds", 0),
+        "sd_refresh_labels": state.get("sd_refresh_labels", 0),
+        "sd_precision_last_round": state.get("sd_precision"),
         "bellman_targets": {name: b["targets"] for name, b in state.get("bellman", {}).items()},
         "per_task_success": {
             task: {
@@ -58,9 +63,10 @@ def _finish(supervisor: Supervisor, monitor: Monitor, config: UpConfig, success_
     """Ends learning first (Bellman workers, then the trainer, which checkpoints), lets every robot
     pick up the last published version, then (with eval_s) lets the robots run it for eval_s
     seconds; returns the final state, whose recent success rates are those of that evaluation."""
-    print("mtopt up: stopping Bellman workers and the trainer; robots switch to the last version ...", file=out, flush=True)
+    print("mtopt up: stopping Bellman workers, the trainer and the labeller; robots switch to the last version ...",
+          file=out, flush=True)
     supervisor.stop_roles(("bellman",))
-    supervisor.stop_roles(("trainer",))
+    supervisor.stop_roles(("trainer", "labeller"))  # the SD stays as it is for the evaluation
     deadline = time.monotonic() + converge_s
     while True:
         supervisor.check()

@@ -1,5 +1,6 @@
 """What `mtopt up` runs: one process per service, N Bellman workers, N simulated robots and the
-simulated labeller, each configured with the same environment variables the Helm chart sets.
+simulated labeller (long-running with continuous labelling, else it exits after the first SD
+version), each configured with the same environment variables the Helm chart sets.
 
 `build_topology(config, ports)` returns the processes in start order; nothing here starts them
 (see `supervisor.py`). Addresses are loopback ports instead of Kubernetes Service names.
@@ -54,6 +55,11 @@ class UpConfig:
     sd_min_episodes: int = 600
     """Stored episodes the labeller waits for before it labels examples and trains the SD."""
     sd_train_steps: int = 600
+    sd_refresh_every_s: float = 60.0
+    """Continuous labelling: every this many seconds the labeller labels on-policy final images and
+    trains a new SD version (0: it trains the first version only, then exits)."""
+    sd_refresh_labels: int = 10
+    """Labels per task in each continuous-labelling round."""
     epsilon: float = 0.2
     episode_period_s: float = 0.5
     """Shortest time per simulated episode (a real robot's pace; 0: flat out)."""
@@ -81,7 +87,7 @@ class ProcessSpec:
     health_service: str = ""
     """grpc.health.v1 service name checked before the next process starts ("" = the server)."""
     exits: bool = False
-    """True for a process that finishes its job and exits 0 (the labeller)."""
+    """True for a process that finishes its job and exits 0 (the labeller without continuous labelling)."""
 
     @property
     def address(self) -> str:
@@ -190,7 +196,9 @@ def build_topology(config: UpConfig, ports: dict[str, int]) -> list[ProcessSpec]
         "MTOPT_SIM_LABELLER_TRAIN_STEPS": str(config.sd_train_steps),
         "MTOPT_SIM_LABELLER_METRICS_PORT": str(ports["labeller/metrics"]),
         "MTOPT_SIM_LABELLER_SEED": str(config.seed),
-    }, None, ports["labeller/metrics"], exits=True))
+        "MTOPT_SIM_LABELLER_REFRESH_EVERY_S": str(config.sd_refresh_every_s),
+        "MTOPT_SIM_LABELLER_REFRESH_LABELS_PER_TASK": str(config.sd_refresh_labels),
+    }, None, ports["labeller/metrics"], exits=config.sd_refresh_every_s <= 0))
     return specs
 
 

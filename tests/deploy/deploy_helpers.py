@@ -30,6 +30,7 @@ SCENARIOS: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
                                       "s3.endpoint": "minio.storage:9000", "s3.existingSecret": "s3"}, ()),
     "gpu-trainer": ({"trainer.gpu.enabled": "true"}, ()),
     "sim-robots": ({"simRobots.enabled": "true", "simRobots.replicas": "3"}, ()),
+    "continuous-labelling": ({"simRobots.enabled": "true", "simLabeller.refreshEverySeconds": "60", "networkPolicy.enabled": "true"}, ()),
     "monitoring": ({"serviceMonitor.enabled": "true", "prometheusRule.enabled": "true"}, (MONITORING,)),
 }
 

@@ -26,7 +26,7 @@ def _env(container: dict) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("scenario", ["defaults", "external-s3", "gpu-trainer", "sim-robots"])
+@pytest.mark.parametrize("scenario", ["defaults", "external-s3", "gpu-trainer", "sim-robots", "continuous-labelling"])
 def test_chart_env_is_a_valid_config(scenario):
     checked = 0
     for obj in render_scenario(scenario):
@@ -34,7 +34,8 @@ def test_chart_env_is_a_valid_config(scenario):
             continue
         container = obj["spec"]["template"]["spec"]["containers"][0]
         module = container["command"][2]
-        config_module = importlib.import_module(f"{module}.config")
+        # a service package's config module, or the module itself (mtopt.sim_labeller)
+        config_module = importlib.import_module(module if module == "mtopt.sim_labeller" else f"{module}.config")
         env = _env(container)
         config = config_module.load_config(env)
         prefix = config_module.PREFIX
@@ -48,5 +49,7 @@ def test_chart_env_is_a_valid_config(scenario):
             assert config.port == port and config.metrics_port == 9090, module
         if scenario == "gpu-trainer" and module == "mtopt.trainer":
             assert config.device == "cuda"
+        if module == "mtopt.sim_labeller":
+            assert config.refresh_every_s == 60 and config.refresh_labels_per_task == 10
         checked += 1
     assert checked >= 6

@@ -55,7 +55,7 @@ def test_validation_catches_a_bad_object():
         kubernetes_validate.validate(unknown, K8S_VERSION, strict=True)
 
 
-@pytest.mark.parametrize("scenario", ["defaults", "sim-robots", "gpu-trainer"])
+@pytest.mark.parametrize("scenario", ["defaults", "sim-robots", "gpu-trainer", "continuous-labelling"])
 def test_pods_run_restricted(scenario):
     for obj in scenario_objects(scenario):
         if obj["kind"] not in TYPED:

@@ -172,6 +172,24 @@ def test_sim_robots():
     assert env["MTOPT_AGENT_ROBOT"] == "sim"
 
 
+def test_continuous_labelling_runs_the_labeller_as_a_deployment():
+    objects = render_scenario("continuous-labelling")
+    assert not [o for o in objects if o["kind"] == "Job"]
+    labeller = find(objects, "Deployment", "mtopt-sim-labeller")
+    assert labeller["spec"]["replicas"] == 1 and labeller["spec"]["strategy"] == {"type": "Recreate"}
+    assert labeller["spec"]["template"]["spec"]["restartPolicy"] == "Always"
+    env = env_of(labeller)
+    assert env["MTOPT_SIM_LABELLER_REFRESH_EVERY_S"] == "60" and env["MTOPT_SIM_LABELLER_REFRESH_LABELS_PER_TASK"] == "10"
+    service = find(objects, "Service", "mtopt-sim-labeller")  # the ServiceMonitor scrapes its metrics
+    assert service["metadata"]["labels"]["mtopt.io/metrics"] == "true" and service["spec"]["ports"][0]["name"] == "metrics"
+    policy = find(objects, "NetworkPolicy", "mtopt-sim-labeller")["spec"]
+    assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "sim-labeller"
+    # without continuous labelling: the one-shot Job, no Service
+    one_shot = render_scenario("sim-robots")
+    assert [o["metadata"]["name"] for o in one_shot if o["kind"] == "Job"] == ["mtopt-sim-labeller-1"]
+    assert not [o for o in one_shot if o["kind"] == "Service" and o["metadata"]["name"] == "mtopt-sim-labeller"]
+
+
 def test_config_and_extra_env_reach_the_container():
     objects = render({"bellman.config.batch_size": "64", "bellman.extraEnv[0].name": "EXTRA", "bellman.extraEnv[0].value": "on-demand",
                       "bellman.config.port": "50054"})
@@ -251,6 +269,7 @@ def test_monitoring_objects_need_the_capability():
     ({"bellman.extraEnv[0].name": "X", "bellman.extraEnv[0].value": "1"}, "at '/bellman/extraEnv/0/value'"),
     ({"bellmann.replicas": "3"}, "additional properties 'bellmann' not allowed"),
     ({"episodeStore.config.Bad-Name": "1"}, "invalid propertyName 'Bad-Name'"),
+    ({"simLabeller.refreshEverySeconds": "-5"}, "at '/simLabeller/refreshEverySeconds': minimum: got -5, want 0"),
 ])
 def test_bad_values_are_refused_with_a_message(values, message):
     proc = helm(*template_args(values, (KEDA,)), check=False)

@@ -5,8 +5,9 @@ container paths to tmp; see chart_wiring.py). Every service must become SERVING 
 readiness probe's grpc.health.v1 name (and on the liveness name), the sim robot's /metrics must
 answer its liveness probe, the `helm test` pod's own check must pass, the labeller Job must exit
 0 (a success-detector version READY), and episodes must flow from the simulated robot through
-the store, log_replay and Bellman to the trainer, which trains. Then everything stops on SIGTERM
-and exits 0. This proves that the chart and the code agree."""
+the store, log_replay and Bellman to the trainer, which trains. With continuous labelling
+(simLabeller.refreshEverySeconds) the labeller is a Deployment that must train and promote a second
+SD version instead. Then everything stops on SIGTERM and exits 0. This proves that the chart and the code agree."""
 
 from __future__ import annotations
 
@@ -90,13 +91,19 @@ def test_labeller_job_runs_restricted():
     assert "/tmp" in {m.mount_path for m in spec.containers[0].volume_mounts}
 
 
+# continuous labelling: the labeller is a Deployment that trains a new SD version every few seconds
+CONTINUOUS = {"simLabeller.refreshEverySeconds": "5", "simLabeller.refreshLabelsPerTask": "4",
+              "simLabeller.config.refresh_train_steps": "20"}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_chart_processes_become_healthy_and_learn(minio, tmp_path, monkeypatch):
+@pytest.mark.parametrize("labelling", ["job", "continuous"])
+def test_chart_processes_become_healthy_and_learn(minio, tmp_path, monkeypatch, labelling):
     for name in list(__import__("os").environ):
         if name.startswith(("MTOPT_", "AWS_")):  # only the chart's env may configure the processes
             monkeypatch.delenv(name)
-    objects = render(VALUES)
+    objects = render(VALUES | (CONTINUOUS if labelling == "continuous" else {}))
     wiring = ChartWiring(objects, minio, tmp_path / "pods")
     specs = wiring.specs()
     by_component = {s.role: s for s in specs}
@@ -128,7 +135,16 @@ def test_chart_processes_become_healthy_and_learn(minio, tmp_path, monkeypatch):
 
         # the labeller trains the first SD version; episodes flow robot -> store -> log_replay -> Bellman -> trainer
         labeller = by_component["sim-labeller"]
-        _wait("the simulated labeller Job finished", lambda: sup.exited_cleanly(labeller.name), LEARN_S, sup)
+        if labelling == "job":
+            _wait("the simulated labeller Job finished", lambda: sup.exited_cleanly(labeller.name), LEARN_S, sup)
+        else:  # the Deployment runs on: a second SD version trained from on-policy labels and promoted
+            assert not labeller.exits
+            sd_metrics = by_component["success-detector"].metrics_port
+            _wait("SD version 2 serving", lambda: total(scrape(sd_metrics), "mtopt_success_detector_serving_version") >= 2,
+                  LEARN_S, sup)
+            _wait("a labelling round counted as trained",  # the labeller polls GetVersion: it learns of READY a little later
+                  lambda: total(scrape(labeller.metrics_port), "mtopt_sim_labeller_refresh_rounds_total", result="trained") >= 1,
+                  30, sup)
         store = by_component["episode-store"]
         assert total(scrape(store.metrics_port), "mtopt_episode_store_episodes_stored_total") > 0
         trainer = by_component["trainer"]

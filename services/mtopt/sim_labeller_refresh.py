@@ -130,7 +130,15 @@ class RefreshLoop:
                 self.pending_episodes.set(len(self._pending))
             return False
 
-        self._follower = threading.Thread(target=self.labeller.follow, args=(stop, keep), name="labeller-follow", daemon=True)
+        def follow() -> None:
+            while not stop.is_set():
+                try:
+                    self.labeller.follow(stop, keep)
+                except Exception:  # noqa: BLE001 - keep following; the rounds depend on it
+                    log.exception("following episode_store failed; resuming in 1 s")
+                    stop.wait(1.0)
+
+        self._follower = threading.Thread(target=follow, name="labeller-follow", daemon=True)
         self._follower.start()
 
     def pending(self) -> int:

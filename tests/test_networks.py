@@ -92,6 +92,41 @@ def test_score_equals_head_when_available():
         torch.testing.assert_close(q.score(f, st, a, tk), q.head(f, st, a, tk), rtol=1e-5, atol=1e-6)
 
 
+def _reference_head(h, features, cond, points):
+    """ConditionedHead written out directly, as the network is defined (module docstring)."""
+    f = features.flatten(2).transpose(1, 2)
+    x = f[:, None, :, :] + h.embed(cond)[:, :, None, :]
+    rel = h.cells[None, None, :, :] - points[:, :, None, :]
+    x = x + h.offset(torch.cat([rel, (rel * rel).sum(-1, keepdim=True)], dim=-1))
+    x = h.pointwise(torch.relu(x))
+    return h.fc(torch.cat([x.amax(dim=2), x.mean(dim=2)], dim=-1))
+
+
+def test_head_equals_its_direct_definition_with_gradients():
+    """The head's factored offset term and in-place activations change no logit and no gradient."""
+    q = qnet(seed=3).train()
+    with torch.no_grad():  # non-zero biases everywhere, so the bias paths are checked too
+        for p in q.q_head.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    features = q.tower(images(3)).detach().requires_grad_(True)
+    a = canonical_action_t(rand_actions(3, 7))
+    cond = torch.cat([a, torch.rand(3, 7, 2), torch.rand(3, 7, SLOTS)], dim=-1).requires_grad_(True)
+    points = a[..., :2].clone().requires_grad_(True)
+    outs, grads = [], []
+    for fn in (q.q_head, lambda *args: _reference_head(q.q_head, *args)):
+        q.zero_grad()
+        for t in (features, cond, points):
+            t.grad = None
+        out = fn(features, cond, points)
+        (out.sin().sum()).backward()
+        outs.append(out.detach())
+        grads.append([t.grad.clone() for t in (features, cond, points)] + [p.grad.clone() for p in q.q_head.parameters()])
+    assert outs[0].shape == (3, 7, 1)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for g_fast, g_ref in zip(*grads):
+        torch.testing.assert_close(g_fast, g_ref, rtol=1e-4, atol=1e-5)
+
+
 def test_canonical_action_binarisation():
     a = torch.tensor([[[0.2, -0.4, 0.3, -0.2], [0.2, -0.4, 0.9, -1.0], [1.7, -3.0, 0.01, 0.5], [1.0, -1.0, 1.0, 1.0]]])
     c = canonical_action_t(a)

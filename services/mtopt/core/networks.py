@@ -86,15 +86,42 @@ class ConditionedHead(nn.Module):
 
     def forward(self, features: torch.Tensor, cond: torch.Tensor, points: torch.Tensor | None = None) -> torch.Tensor:
         b, c, h, w = features.shape
+        n = cond.shape[1]
         f = features.flatten(2).transpose(1, 2)  # (B, hw, C)
         g = self.embed(cond)  # (B, N, C)
-        x = f[:, None, :, :] + g[:, :, None, :]  # (B, N, hw, C): broadcast add
         if self.spatial:
-            rel = self.cells[None, None, :, :] - points[:, :, None, :]  # (B, N, hw, 2)
-            x = x + self.offset(torch.cat([rel, (rel * rel).sum(-1, keepdim=True)], dim=-1))
-        x = self.pointwise(F.relu(x))
+            x = self._spatial_input(f, g, points)
+        else:
+            x = f[:, None, :, :] + g[:, :, None, :]  # (B, N, hw, C): broadcast add
+        # Per-cell layers on one (B*N*hw, C) matrix, activations in place: on a CPU this work is
+        # bound by passes over the (B, N, hw, C) tensor, not by the 32x32 products.
+        x = x.relu_().reshape(-1, c)
+        lin1, lin2 = self.pointwise[0], self.pointwise[2]
+        x = torch.addmm(lin1.bias, x, lin1.weight.t()).relu_()
+        x = torch.addmm(lin2.bias, x, lin2.weight.t()).relu_()
+        x = x.reshape(b, n, h * w, c)
         pooled = torch.cat([x.amax(dim=2), x.mean(dim=2)], dim=-1)  # (B, N, 2C)
         return self.fc(pooled)
+
+    def _spatial_input(self, f: torch.Tensor, g: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """f + g + offset([cell - point, |cell - point|^2]) for every (candidate, cell): (B, N, hw, C).
+
+        The offset layer is linear, so with d = cell - point and |d|^2 = |cell|^2 - 2 cell.point +
+        |point|^2 it splits into a per-cell term (joins f), a per-candidate term (joins g) and
+        px * U + py * V with U, V = -2 cx W2, -2 cy W2 per cell: one batched product [px, py, 1] @
+        [U; V; f + per-cell] writes the whole tensor, where the direct form builds (B, N, hw, 3)
+        offsets first and adds three full-size tensors.
+        """
+        b, hw, c = f.shape
+        n = g.shape[1]
+        weight, cells = self.offset.weight, self.cells  # (C, 3), (hw, 2)
+        cell_sq = (cells * cells).sum(-1, keepdim=True)
+        per_cell = F.linear(torch.cat([cells, cell_sq], dim=-1), weight, self.offset.bias)  # (hw, C)
+        point_sq = (points * points).sum(-1, keepdim=True)
+        per_cand = F.linear(torch.cat([-points, point_sq], dim=-1), weight)  # (B, N, C)
+        cross = (-2.0 * cells.t()[:, :, None]) * weight[:, 2]  # (2, hw, C)
+        x = torch.baddbmm((f + per_cell).reshape(b, 1, hw * c), points, cross.reshape(1, 2, hw * c).expand(b, -1, -1))
+        return x.reshape(b, n, hw, c).add_((g + per_cand)[:, :, None, :])
 
 
 class QNetwork(nn.Module):
@@ -124,7 +151,7 @@ class QNetwork(nn.Module):
         return out[..., 0]
 
     def score(
-        self, features: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, tasks: torch.Tensor, chunk: int = 2
+        self, features: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, tasks: torch.Tensor, chunk: int = 4
     ) -> torch.Tensor:
         """`head` evaluated `chunk` states at a time: the same logits, for many candidates per state.
 

@@ -4,6 +4,7 @@ chart refuses (schema and template guards) with a message that says what to fix.
 from __future__ import annotations
 
 import pytest
+import yaml
 from deploy_helpers import CHART, KEDA, MONITORING, SCENARIOS, env_of, find, helm, render, render_scenario, template_args
 
 SERVICES = {  # component -> (module, env prefix, port)
@@ -251,7 +252,9 @@ def test_monitoring_objects_need_the_capability():
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     rule = find(objects, "PrometheusRule", "mtopt")
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert {"MtoptNoEpisodesStored", "MtoptRobotSpoolGrowing", "MtoptTrainerStarved", "MtoptBellmanErrorRate", "MtoptRobotModelStale"} <= alerts
+    assert {"MtoptNoEpisodesStored", "MtoptRobotSpoolGrowing", "MtoptTrainerStarved", "MtoptBellmanErrorRate", "MtoptRobotModelStale",
+            "MtoptSuccessDetectorFooled", "MtoptLabellerRoundsFailing"} <= alerts
+    assert rule["spec"] == yaml.safe_load((CHART / "alerts" / "mtopt.rules.yaml").read_text())  # the rules file verbatim
     without = render({"serviceMonitor.enabled": "true", "prometheusRule.enabled": "true"})
     assert not [o for o in without if o["apiVersion"] == MONITORING]
 

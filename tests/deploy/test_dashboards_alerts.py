@@ -68,6 +68,12 @@ def test_dashboard_panels_are_well_formed():
             assert panel["targets"], f"{name}: {panel['title']} has no query"
             g = panel["gridPos"]
             assert 0 <= g["x"] and g["x"] + g["w"] <= 24, f"{name}: {panel['title']} is off the grid"
+        boxes = [(p["title"], p["gridPos"]) for p in panels(dashboard)]
+        for i, (title, a) in enumerate(boxes):
+            for other, b in boxes[i + 1:]:
+                apart = (a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"] or a["y"] + a["h"] <= b["y"]
+                         or b["y"] + b["h"] <= a["y"])
+                assert apart, f"{name}: panels {title!r} and {other!r} overlap"
 
 
 def test_dashboards_and_alerts_use_exported_metrics():
@@ -93,8 +99,46 @@ def test_alert_rules_cover_the_issue():
     rules = yaml.safe_load((CHART / "alerts" / "mtopt.rules.yaml").read_text())
     alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
     assert set(alerts) == {"MtoptNoEpisodesStored", "MtoptRobotSpoolGrowing", "MtoptTrainerStarved", "MtoptBellmanErrorRate",
-                           "MtoptRobotModelStale"}
+                           "MtoptRobotModelStale", "MtoptSuccessDetectorFooled", "MtoptLabellerRoundsFailing"}
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in ("warning", "critical"), name
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
         assert re.fullmatch(r"\d+[smh]", rule["for"]), name
+
+
+REFRESH_METRICS = ("mtopt_sim_labeller_refresh_sd_precision", "mtopt_sim_labeller_refresh_rounds_total",
+                   "mtopt_sim_labeller_refresh_labels_added_total", "mtopt_sim_labeller_refresh_pending_episodes")
+
+
+def _rows(dashboard) -> dict[str, list[dict]]:
+    """Row title -> the panels laid out below it (up to the next row)."""
+    rows = sorted((p for p in dashboard["panels"] if p["type"] == "row"), key=lambda p: p["gridPos"]["y"])
+    out = {}
+    for row, following in zip(rows, [*rows[1:], None]):
+        top, bottom = row["gridPos"]["y"], following["gridPos"]["y"] if following else float("inf")
+        out[row["title"]] = [p for p in panels(dashboard) if p["type"] != "row" and top < p["gridPos"]["y"] < bottom]
+    return out
+
+
+def test_success_row_shows_continuous_labelling():
+    fleet = json.loads((CHART / "dashboards" / "fleet.json").read_text())
+    success = {p["title"]: p for p in _rows(fleet)["Success"]}
+    sd = " ".join(t["expr"] for t in success["Success detector on on-policy episodes"]["targets"])
+    assert "mtopt_sim_labeller_refresh_sd_precision" in sd and "mtopt_sim_labeller_sd_version" in sd
+    exprs = " ".join(t["expr"] for p in success.values() for t in p["targets"])
+    for metric in REFRESH_METRICS:
+        assert metric in exprs, f"the Success row shows no {metric}"
+    rounds = [t for p in success.values() for t in p["targets"] if "mtopt_sim_labeller_refresh_rounds_total" in t["expr"]]
+    assert rounds and all("by (result)" in t["expr"] and "{{result}}" in t["legendFormat"] for t in rounds)
+
+
+def test_labelling_alerts_stay_silent_without_continuous_labelling():
+    """The labelling alerts read only the refresh metrics, which exist only with
+    refreshEverySeconds > 0: no absent() and no other metric that the one-shot labeller (the
+    default install) exports. promtool test rules (test_prometheus.py) checks their behaviour."""
+    rules = yaml.safe_load((CHART / "alerts" / "mtopt.rules.yaml").read_text())
+    group = next(g for g in rules["groups"] if g["name"] == "mtopt.labelling")
+    assert {r["alert"] for r in group["rules"]} == {"MtoptSuccessDetectorFooled", "MtoptLabellerRoundsFailing"}
+    for rule in group["rules"]:
+        assert "absent" not in rule["expr"], rule["alert"]
+        assert used(rule["expr"]) <= set(REFRESH_METRICS), rule["alert"]

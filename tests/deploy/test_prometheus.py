@@ -5,7 +5,9 @@ Prometheus scrapes it through the file_sd targets file `mtopt up` writes, with t
 rules loaded. Once the system learns (trainer steps > 0), every PromQL expression of every
 dashboard panel is evaluated as Grafana would (range query, variables substituted: "All" and one
 existing task and robot) and must return numbers, with the labels its legend names; every alert
-rule group must be loaded and evaluate with health "ok"; `promtool check rules` must pass.
+rule group must be loaded and evaluate with health "ok". `promtool check rules` must pass, and so
+must the promtool unit tests of the alerts in tests/deploy/alert_tests/ (input series -> which
+alerts fire when).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 
 import pytest
 import yaml
+from deploy_helpers import REPO
 from prometheus_helpers import (RULES, PrometheusApi, binary, dashboards, grafana_substitute, has_value, legend_labels,
                                 panel_targets, run_prometheus, variable_query)
 
@@ -29,6 +32,15 @@ STEP_S, RANGE_S = 5, 60
 def test_promtool_check_rules():
     check = subprocess.run([binary("promtool"), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0 and "SUCCESS" in check.stdout, f"promtool check rules:\n{check.stdout}\n{check.stderr}"
+
+
+def test_promtool_alert_unit_tests():
+    """The alert rule unit tests (tests/deploy/alert_tests/*.yaml) pass: e.g. the continuous-
+    labelling alerts fire on a fooled SD or failing rounds and stay silent with the one-shot labeller."""
+    files = sorted((REPO / "tests" / "deploy" / "alert_tests").glob("*.yaml"))
+    assert files
+    check = subprocess.run([binary("promtool"), "test", "rules", *map(str, files)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "SUCCESS" in check.stdout, f"promtool test rules:\n{check.stdout}\n{check.stderr}"
 
 
 def test_grafana_variables_are_substituted_like_grafana():

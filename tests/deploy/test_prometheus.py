@@ -52,12 +52,15 @@ def test_grafana_variables_are_substituted_like_grafana():
 
 
 def _start_up(tmp_path) -> subprocess.Popen:
-    """`mtopt up` with small settings so that the system learns within a minute on a busy box."""
+    """`mtopt up` with small settings so that the system learns within a minute on a busy box, and
+    the labeller runs continuous-labelling rounds (short SD trainings) for the Success row."""
     cmd = [sys.executable, "-m", "mtopt.cli", "up", "--data-dir", str(tmp_path / "up"), "--duration", "600", "--no-view",
            "--robots", "2", "--bellman-workers", "2", "--sd-min-episodes", "40", "--sd-examples-per-task", "16",
-           "--sd-train-steps", "50", "--publish-every-steps", "10", "--min-model-step", "10", "--episode-period", "0.2"]
+           "--sd-train-steps", "50", "--publish-every-steps", "10", "--min-model-step", "10", "--episode-period", "0.2",
+           "--sd-refresh-every", "10"]
     env = dict(os.environ)
     env.pop("MTOPT_TASKS", None)
+    env["MTOPT_SIM_LABELLER_REFRESH_TRAIN_STEPS"] = "50"
     return subprocess.Popen(cmd, stdout=open(tmp_path / "up.out", "wb"), stderr=subprocess.STDOUT, env=env,
                             start_new_session=True)
 
@@ -164,10 +167,12 @@ def test_dashboards_and_alerts_on_a_real_prometheus(tmp_path):
         with run_prometheus(tmp_path, targets_file) as api:
             _wait("trainer steps in Prometheus", lambda: api.scalar("sum(mtopt_trainer_steps_total)") > 0, 300, up, tmp_path)
             _wait("a learned policy on a robot", lambda: api.scalar("max(mtopt_robot_agent_model_version)") > 1, 120, up, tmp_path)
+            # a labelling round that labelled SD successes (the precision is NaN before)
+            _wait("an SD precision from continuous labelling",
+                  lambda: api.scalar("count(mtopt_sim_labeller_refresh_sd_precision >= 0)") > 0, 180, up, tmp_path)
             time.sleep(4 * 5 + 2)  # a full $__rate_interval of learning in every rate() window
 
-            down = [(t["labels"]["job"], t["lastError"]) for t in api.targets()
-                    if t["health"] != "up" and t["labels"]["job"] != "mtopt-sim-labeller"]  # the labeller exits when done
+            down = [(t["labels"]["job"], t["lastError"]) for t in api.targets() if t["health"] != "up"]  # labeller: continuous
             assert not down, f"targets not up: {down}"
 
             problems = []

@@ -92,6 +92,19 @@ def test_score_equals_head_when_available():
         torch.testing.assert_close(q.score(f, st, a, tk), q.head(f, st, a, tk), rtol=1e-5, atol=1e-6)
 
 
+def test_head_workspace_is_inference_only():
+    q = qnet()
+    f = q.tower(images(2))
+    ws = (torch.empty(2 * 3 * f[0].numel()), torch.empty(2 * 3 * f[0].numel()))
+    with pytest.raises(ValueError, match="inference only"):
+        q.head(f, torch.rand(2, 2), rand_actions(2, 3), torch.arange(2), workspace=ws)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            q.head(f, torch.ones(2, 2), rand_actions(2, 3), torch.arange(2), workspace=ws),
+            q.head(f, torch.ones(2, 2), rand_actions(2, 3), torch.arange(2)), rtol=0, atol=0,
+        )
+
+
 def _reference_head(h, features, cond, points):
     """ConditionedHead written out directly, as the network is defined (module docstring)."""
     f = features.flatten(2).transpose(1, 2)

@@ -84,26 +84,37 @@ class ConditionedHead(nn.Module):
         )
         self.fc = nn.Sequential(nn.Linear(2 * channels, 64), nn.ReLU(), nn.Linear(64, outputs))
 
-    def forward(self, features: torch.Tensor, cond: torch.Tensor, points: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, cond: torch.Tensor, points: torch.Tensor | None = None,
+        workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """`workspace`: two flat float tensors of at least B*N*h*w*C elements that the big
+        intermediate tensors are written into instead of fresh memory (inference only)."""
         b, c, h, w = features.shape
         n = cond.shape[1]
+        rows = b * n * h * w
+        if workspace is not None and torch.is_grad_enabled():
+            raise ValueError("a head workspace is for inference only (torch.no_grad)")
+        out = [None, None] if workspace is None else [t[: rows * c].view(rows, c) for t in workspace]
         f = features.flatten(2).transpose(1, 2)  # (B, hw, C)
         g = self.embed(cond)  # (B, N, C)
         if self.spatial:
-            x = self._spatial_input(f, g, points)
+            x = self._spatial_input(f, g, points, out[0])
         else:
             x = f[:, None, :, :] + g[:, :, None, :]  # (B, N, hw, C): broadcast add
         # Per-cell layers on one (B*N*hw, C) matrix, activations in place: on a CPU this work is
         # bound by passes over the (B, N, hw, C) tensor, not by the 32x32 products.
-        x = x.relu_().reshape(-1, c)
+        x = x.relu_().reshape(rows, c)
         lin1, lin2 = self.pointwise[0], self.pointwise[2]
-        x = torch.addmm(lin1.bias, x, lin1.weight.t()).relu_()
-        x = torch.addmm(lin2.bias, x, lin2.weight.t()).relu_()
+        x = torch.addmm(lin1.bias, x, lin1.weight.t(), out=out[1]).relu_()
+        x = torch.addmm(lin2.bias, x, lin2.weight.t(), out=out[0]).relu_()
         x = x.reshape(b, n, h * w, c)
         pooled = torch.cat([x.amax(dim=2), x.mean(dim=2)], dim=-1)  # (B, N, 2C)
         return self.fc(pooled)
 
-    def _spatial_input(self, f: torch.Tensor, g: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    def _spatial_input(
+        self, f: torch.Tensor, g: torch.Tensor, points: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """f + g + offset([cell - point, |cell - point|^2]) for every (candidate, cell): (B, N, hw, C).
 
         The offset layer is linear, so with d = cell - point and |d|^2 = |cell|^2 - 2 cell.point +
@@ -120,7 +131,10 @@ class ConditionedHead(nn.Module):
         point_sq = (points * points).sum(-1, keepdim=True)
         per_cand = F.linear(torch.cat([-points, point_sq], dim=-1), weight)  # (B, N, C)
         cross = (-2.0 * cells.t()[:, :, None]) * weight[:, 2]  # (2, hw, C)
-        x = torch.baddbmm((f + per_cell).reshape(b, 1, hw * c), points, cross.reshape(1, 2, hw * c).expand(b, -1, -1))
+        x = torch.baddbmm(
+            (f + per_cell).reshape(b, 1, hw * c), points, cross.reshape(1, 2, hw * c).expand(b, -1, -1),
+            out=None if out is None else out.view(b, n, hw * c),
+        )
         return x.reshape(b, n, hw, c).add_((g + per_cand)[:, :, None, :])
 
 
@@ -138,14 +152,18 @@ class QNetwork(nn.Module):
         )
         init_weights(self)
 
-    def head(self, features: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
-        """Logits (B, N) for N candidate actions per precomputed feature map."""
+    def head(
+        self, features: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, tasks: torch.Tensor,
+        workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, N) for N candidate actions per precomputed feature map (`workspace`: see
+        `ConditionedHead.forward`)."""
         b, n, _ = actions.shape
         actions = canonical_action_t(actions)
         parts = [actions, states[:, None, :].expand(b, n, -1)]
         if not self.multi_head:
             parts.append(F.one_hot(tasks, self.num_task_slots).to(actions.dtype)[:, None, :].expand(b, n, -1))
-        out = self.q_head(features, torch.cat(parts, dim=-1), actions[..., :2])
+        out = self.q_head(features, torch.cat(parts, dim=-1), actions[..., :2], workspace=workspace)
         if self.multi_head:
             out = out.gather(-1, tasks[:, None, None].expand(b, n, 1))
         return out[..., 0]
@@ -157,14 +175,23 @@ class QNetwork(nn.Module):
 
         The head's broadcast tensor is (B, N, h*w, C); for CEM (N = 64) over a large batch that is
         tens of megabytes per call, which costs more in page faults than in arithmetic. Chunks of
-        a few states stay in cache. On an accelerator the whole batch goes in one call: there the
-        cost is kernel launches, not memory.
+        a few states stay in cache, and without autograd every chunk reuses one workspace instead
+        of allocating its own tensors. On an accelerator the whole batch goes in one call: there
+        the cost is kernel launches, not memory.
         """
         if features.device.type != "cpu" or features.shape[0] <= chunk:
             return self.head(features, states, actions, tasks)
+        workspace = None
+        if not torch.is_grad_enabled():
+            _, c, h, w = features.shape
+            size = chunk * actions.shape[1] * h * w * c
+            workspace = (features.new_empty(size), features.new_empty(size))
         return torch.cat(
             [
-                self.head(features[i : i + chunk], states[i : i + chunk], actions[i : i + chunk], tasks[i : i + chunk])
+                self.head(
+                    features[i : i + chunk], states[i : i + chunk], actions[i : i + chunk], tasks[i : i + chunk],
+                    workspace=workspace,
+                )
                 for i in range(0, features.shape[0], chunk)
             ]
         )

@@ -119,9 +119,10 @@ class ConditionedHead(nn.Module):
 
         The offset layer is linear, so with d = cell - point and |d|^2 = |cell|^2 - 2 cell.point +
         |point|^2 it splits into a per-cell term (joins f), a per-candidate term (joins g) and
-        px * U + py * V with U, V = -2 cx W2, -2 cy W2 per cell: one batched product [px, py, 1] @
-        [U; V; f + per-cell] writes the whole tensor, where the direct form builds (B, N, hw, 3)
-        offsets first and adds three full-size tensors.
+        px * U + py * V with U, V = -2 cx W2, -2 cy W2 per cell. One batched product with K = 2,
+        added to f + per-cell, writes the whole tensor, and one in-place add brings in g +
+        per-candidate. The direct form builds (B, N, hw, 3) offsets first and adds three full-size
+        tensors.
         """
         b, hw, c = f.shape
         n = g.shape[1]

@@ -23,13 +23,14 @@ rest (gRPC transport, client parse, the service's event loop and thread-pool hop
 value = service samples/s, baseline = in-process samples/s, ratio = value / baseline (median of
 `--repeats`). log_replay, the client and this process share the machine's cores.
 
-`--malloc-tuned` (a diagnostic, like bellman_targets.py's) starts log_replay with glibc's mmap
-and trim thresholds at 1 GiB: a 256-transition batch is ~6 MB of images, and each of its
-multi-MB buffers (the gathered arrays, tobytes, the protobuf fields, the serialized message) is
-otherwise a fresh mmap whose pages the kernel faults in and zeroes, which is most of the
-encoding cost.
+log_replay runs with its default malloc thresholds (`MTOPT_LOG_REPLAY_MALLOC_*`, see
+`mtopt.serving.malloc`): a 256-transition batch is ~6 MB of images, and with glibc's own
+thresholds each of its multi-MB buffers (the gathered arrays, tobytes, the protobuf fields, the
+serialized message) is a fresh mmap whose pages the kernel faults in and zeroes. `--glibc-malloc`
+starts log_replay with `MTOPT_LOG_REPLAY_MALLOC_MMAP_THRESHOLD_BYTES=0` (glibc's defaults) to show
+that cost.
 
-    python bench/replay_sample.py [--quick] [--batch 256] [--episodes 600] [--repeats 5]
+    python bench/replay_sample.py [--quick] [--batch 256] [--episodes 600] [--repeats 5] [--glibc-malloc]
 
 The last line printed is one JSON object.
 """
@@ -86,8 +87,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=0, help="stored episodes (default 600, quick 300)")
     parser.add_argument("--batches", type=int, default=0, help="batches per timed round (default 60, quick 20)")
     parser.add_argument("--repeats", type=int, default=0, help="timed rounds of each kind (default 5, quick 3)")
-    parser.add_argument("--malloc-tuned", action="store_true",
-                        help="diagnostic: run log_replay with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ = 1 GiB")
+    parser.add_argument("--glibc-malloc", action="store_true",
+                        help="diagnostic: run log_replay with glibc's default malloc thresholds")
     args = parser.parse_args()
     n_episodes = args.episodes or (300 if args.quick else 600)
     n_batches = args.batches or (20 if args.quick else 60)
@@ -109,7 +110,7 @@ def main() -> None:
         stack.start_core()
         stack.upload(payloads)
         stack.train_sd(min_episodes=n_episodes)
-        malloc_env = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)} if args.malloc_tuned else {}
+        malloc_env = {"MTOPT_LOG_REPLAY_MALLOC_MMAP_THRESHOLD_BYTES": "0"} if args.glibc_malloc else {}
         replay = stack.start("log_replay", MTOPT_LOG_REPLAY_BUFFER_BYTES=str(1 << 30), MTOPT_LOG_REPLAY_IO_WORKERS="4", **malloc_env)
         wait_until(lambda: replay.metric("mtopt_log_replay_episodes_processed_total") >= n_episodes, 300,
                    "log_replay to buffer every episode")

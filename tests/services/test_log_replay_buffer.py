@@ -72,7 +72,10 @@ def test_config_from_environment_and_help(capsys):
     assert (config.port, config.impersonation, config.buffer_bytes, config.success_fraction) == (50053, "all", 1_000_000, 0.5)
     for env, variable in (({"MTOPT_LOG_REPLAY_IMPERSONATION": "some"}, "MTOPT_LOG_REPLAY_IMPERSONATION"),
                           ({"MTOPT_LOG_REPLAY_SUCCESS_FRACTION": "1.5"}, "MTOPT_LOG_REPLAY_SUCCESS_FRACTION"),
-                          ({"MTOPT_LOG_REPLAY_BACKEND": "s3"}, "MTOPT_LOG_REPLAY_S3_ENDPOINT")):
+                          ({"MTOPT_LOG_REPLAY_BACKEND": "s3"}, "MTOPT_LOG_REPLAY_S3_ENDPOINT"),
+                          ({"MTOPT_LOG_REPLAY_MALLOC_MMAP_THRESHOLD_BYTES": str(64 << 20)},
+                           "MTOPT_LOG_REPLAY_MALLOC_MMAP_THRESHOLD_BYTES"),
+                          ({"MTOPT_LOG_REPLAY_MALLOC_TRIM_THRESHOLD_BYTES": "-1"}, "MTOPT_LOG_REPLAY_MALLOC_TRIM_THRESHOLD_BYTES")):
         with pytest.raises(ConfigError, match=variable):
             load_config(env)
     assert main(["--help-config"]) == 0

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 from mtopt.serving.config import check, from_env
+from mtopt.serving.malloc import MMAP_THRESHOLD_MAX
 from mtopt.serving.s3 import S3Settings, check_s3_settings, read_s3_credentials
 
 PREFIX = "MTOPT_LOG_REPLAY_"
@@ -76,6 +77,11 @@ class LogReplayConfig(S3Settings):
     """Threads for decoding, sampling, tensor encoding and cursor I/O."""
     grace_s: float = 10.0
     """On SIGTERM: how long open SampleBatches streams may run on before they are cancelled."""
+    malloc_mmap_threshold_bytes: int = 32 << 20
+    """glibc malloc: allocations up to this size come from the heap, not a fresh mmap (<= 32 MiB;
+    0 leaves glibc's defaults, and then the trim threshold too). Sample batches are megabytes."""
+    malloc_trim_threshold_bytes: int = 64 << 20
+    """glibc malloc: free heap above this size goes back to the kernel."""
 
     def __post_init__(self):
         v = lambda name: PREFIX + name.upper()  # noqa: E731
@@ -104,6 +110,9 @@ class LogReplayConfig(S3Settings):
             check_s3_settings(self, PREFIX)
         check(self.io_workers >= 1, v("io_workers"), "must be >= 1")
         check(self.grace_s >= 0, v("grace_s"), "must be >= 0")
+        check(0 <= self.malloc_mmap_threshold_bytes <= MMAP_THRESHOLD_MAX, v("malloc_mmap_threshold_bytes"),
+              f"must lie in [0, {MMAP_THRESHOLD_MAX}] (0: glibc's defaults), got {self.malloc_mmap_threshold_bytes}")
+        check(self.malloc_trim_threshold_bytes >= 0, v("malloc_trim_threshold_bytes"), "must be >= 0")
         if self.tasks is not None:
             check(self.tasks.is_file(), "MTOPT_TASKS", f"must name an existing task catalogue YAML file, got {self.tasks}")
 

@@ -29,6 +29,7 @@ from mtopt.log_replay.servicer import LogReplayServicer
 from mtopt.log_replay.state import CursorStore, ReplayState
 from mtopt.model_registry.objects import LocalDirObjects, MinioObjects, ObjectStore
 from mtopt.serving import GrpcService, MetricsServer, RetryPolicy, RunningService, make_aio_channel, run_service
+from mtopt.serving.malloc import tune_malloc
 from mtopt.serving.s3 import s3_backend_args
 from mtopt.tasks import TaskCatalogue
 from mtopt.v1 import episode_store_pb2 as es_pb
@@ -188,5 +189,11 @@ async def serve_async(config: LogReplayConfig) -> None:
 
 
 def serve(config: LogReplayConfig) -> None:
-    """Runs log_replay until SIGTERM/SIGINT, then stops gracefully (the process entry point)."""
+    """Runs log_replay until SIGTERM/SIGINT, then stops gracefully (the process entry point).
+
+    Sets the process's malloc thresholds first (`mtopt.serving.malloc`): encoding a sample batch
+    allocates and frees megabytes, which with glibc's defaults cost ~3x the throughput in page
+    faults (docs/results.md, replay_sample)."""
+    if config.malloc_mmap_threshold_bytes > 0:
+        tune_malloc(config.malloc_mmap_threshold_bytes, config.malloc_trim_threshold_bytes)
     run_service(lambda: serve_async(config))

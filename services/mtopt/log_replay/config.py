@@ -77,7 +77,7 @@ class LogReplayConfig(S3Settings):
     """Threads for decoding, sampling, tensor encoding and cursor I/O."""
     grace_s: float = 10.0
     """On SIGTERM: how long open SampleBatches streams may run on before they are cancelled."""
-    malloc_mmap_threshold_bytes: int = 32 << 20
+    malloc_mmap_threshold_bytes: int = MMAP_THRESHOLD_MAX
     """glibc malloc: allocations up to this size come from the heap, not a fresh mmap (<= 32 MiB;
     0 leaves glibc's defaults, and then the trim threshold too). Sample batches are megabytes."""
     malloc_trim_threshold_bytes: int = 64 << 20

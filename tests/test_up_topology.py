@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mtopt.up.monitor import Monitor, Snapshot, render
-from mtopt.up.topology import UpConfig, allocate_ports, build_topology, prometheus_targets
+from mtopt.up.topology import UpConfig, allocate_ports, build_topology, evaluation_spec, prometheus_targets
 
 CONFIG_MODULES = {"robot": "mtopt_agent.config", "labeller": "mtopt.sim_labeller"}
 
@@ -108,3 +108,38 @@ def test_state_reports_sd_versions_and_labelling_rounds(tmp_path):
     labeller[("mtopt_sim_labeller_refresh_sd_precision", ())] = float("nan")  # no SD success labelled yet
     assert monitor.state()["sd_precision"] is None
     assert "SD v3 (2 refreshes)" in render(state, {})
+
+
+def test_counters_carry_across_a_process_restart(tmp_path, monkeypatch):
+    """A restarted robot counts from zero again; the monitor adds what it had counted, so run
+    totals stay whole and a window that spans the restart counts only new episodes."""
+    cfg = UpConfig(data_dir=Path(tmp_path), robots=1, bellman_workers=1)
+    monitor = Monitor(build_topology(cfg, allocate_ports(cfg)))
+    episodes = ("mtopt_robot_agent_episodes_total", (("policy", "cem"), ("task", "lift-red")))
+    successes = ("mtopt_robot_agent_ground_truth_successes_total", (("policy", "cem"), ("task", "lift-red")))
+    version = ("mtopt_robot_agent_model_version", ())
+    scrapes = iter([
+        {episodes: 40.0, successes: 10.0, version: 5.0},
+        {},  # stopped: keeps its last values
+        {version: 6.0},  # restarted: no episode yet, so the labelled counters are absent
+        {episodes: 8.0, successes: 6.0, version: 6.0},
+    ])
+    monkeypatch.setattr("mtopt.up.monitor.scrape", lambda port, timeout_s=1.0: next(scrapes) if port == robot_port else {})
+    robot_port = next(s.metrics_port for s in monitor.specs if s.role == "robot")
+    monitor.poll()
+    since = monitor.poll()
+    monitor.poll()
+    monitor.poll()
+    row = monitor.state(since=since)["tasks"]["lift-red"]
+    assert (row["cem_episodes"], row["cem_success"]) == (48, pytest.approx(16 / 48))
+    assert (row["cem_recent_episodes"], row["cem_recent_success"]) == (8, pytest.approx(6 / 8))
+    assert monitor.state()["robots"]["sim-0"]["model_version"] == 6  # gauges are not carried
+
+
+def test_evaluation_restarts_robots_greedy_and_learned_only(tmp_path):
+    cfg = UpConfig(data_dir=tmp_path, robots=2, bellman_workers=1, epsilon=0.1, eval_s=60, eval_epsilon=0.0)
+    for spec in build_topology(cfg, allocate_ports(cfg)):
+        if spec.role == "robot":
+            config = _config_module("robot").load_config(evaluation_spec(spec, cfg).env)
+            assert (config.epsilon, config.scripted_fraction) == (0.0, 0.0)
+            assert _config_module("robot").load_config(spec.env).epsilon == 0.1

@@ -65,7 +65,7 @@ def _up(args: argparse.Namespace) -> int:
         sd_examples_per_task=args.sd_examples_per_task, sd_min_episodes=args.sd_min_episodes,
         sd_train_steps=args.sd_train_steps, sd_refresh_every_s=args.sd_refresh_every, sd_refresh_labels=args.sd_refresh_labels,
         epsilon=args.epsilon, threads_per_process=args.threads,
-        episode_period_s=args.episode_period, train_steps=args.train_steps, eval_s=args.eval,
+        episode_period_s=args.episode_period, train_steps=args.train_steps, eval_s=args.eval, eval_epsilon=args.eval_epsilon,
     )
     summary = run_up(cfg, view=False if args.no_view else None)
     return 0 if summary["ok"] else 1
@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--train-steps", type=int, default=0, help="also stop once the trainer has done N steps")
     up.add_argument("--eval", type=float, default=0.0,
                     help="then run the robots on the final version for S seconds and report that window's success")
+    up.add_argument("--eval-epsilon", type=float, default=0.0,
+                    help="random-action probability per step during --eval (the robots restart with it)")
     up.add_argument("--data-dir", default="mtopt-data", help="local storage, spools and logs")
     up.add_argument("--s3-endpoint", default="", help="host:port of MinIO/S3 (credentials: MTOPT_S3_ACCESS_KEY/MTOPT_S3_SECRET_KEY)")
     up.add_argument("--s3-bucket", default="mtopt")

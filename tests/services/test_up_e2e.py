@@ -2,8 +2,8 @@
 
 Every service runs as its own process with the environment the Helm chart sets; the simulated
 labeller trains the first success detector from ground truth; from then on the SD is the only
-reward. The run stops after 2,000 train steps (at most 10 minutes), the robots switch to the
-final version and run it for 60 s. Checks: episodes land in MinIO, two Bellman workers compute
+reward. The run stops after 3,000 train steps (at most 10 minutes), the robots restart on the
+final version without exploration and run it for 60 s. Checks: episodes land in MinIO, two Bellman workers compute
 targets, the trainer publishes versions, every robot ends on the newest one, and the final
 version beats the scripted policy on the colour-specific lift tasks (scripted ~10%: it grasps a
 random object).
@@ -29,7 +29,7 @@ HARD = ("lift-red", "lift-blue")
 def test_mtopt_up_learns_on_minio(minio_server, tmp_path):
     bucket = minio_server.new_bucket_name()
     env = dict(os.environ, MTOPT_S3_ACCESS_KEY=minio_server.access_key, MTOPT_S3_SECRET_KEY=minio_server.secret_key)
-    cmd = [sys.executable, "-m", "mtopt.cli", "up", "--robots", "4", "--bellman-workers", "2", "--duration", "600", "--train-steps", "2000", "--eval", "60",
+    cmd = [sys.executable, "-m", "mtopt.cli", "up", "--robots", "4", "--bellman-workers", "2", "--duration", "600", "--train-steps", "3000", "--eval", "60",
            "--no-view", "--data-dir", str(tmp_path / "up"), "--s3-endpoint", minio_server.endpoint, "--s3-bucket", bucket,
            "--tasks", ",".join(TASKS), "--epsilon", "0.1"]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1100)
@@ -55,10 +55,11 @@ def test_mtopt_up_learns_on_minio(minio_server, tmp_path):
     assert set(summary["robot_versions"].values()) == {newest}, report
 
     # learning: on the colour-specific lift tasks the final version beats the scripted policy
-    # (its success measured in a 60 s evaluation window after training stopped)
-    assert summary["train_steps"] >= 2000, report
+    # (its success measured in a 60 s greedy evaluation window after training stopped; ~165
+    # episodes per task, so the standard error of the two tasks' mean is ~0.025)
+    assert summary["train_steps"] >= 3000, report
     tasks = summary["per_task_success"]
     scripted = sum(tasks[t]["scripted"] for t in HARD) / len(HARD)
     learned = sum(tasks[t]["learned_recent"] for t in HARD) / len(HARD)
     assert min(tasks[t]["learned_recent_episodes"] for t in HARD) >= 30, report
-    assert learned > scripted + 0.03, report
+    assert learned > scripted + 0.05, report

@@ -66,6 +66,14 @@ class Snapshot:
         return merged
 
 
+COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
+"""Samples that only grow while a process lives (counters and histogram parts)."""
+
+
+def _is_counter(key: tuple[str, tuple]) -> bool:
+    return key[0].endswith(COUNTER_SUFFIXES)
+
+
 def _finite(x: float | None) -> float | None:
     return None if x is None or math.isnan(x) else x
 
@@ -81,9 +89,13 @@ class Monitor:
         self.specs = specs
         self.history: collections.deque[Snapshot] = collections.deque(maxlen=10_000)
         self.started = time.time()
+        self._raw: dict[str, Series] = {}
+        """Each process's last answered scrape, as scraped."""
+        self._offsets: dict[str, Series] = collections.defaultdict(dict)
+        """Per process, what its counters had counted before its restarts."""
 
     def poll(self) -> Snapshot:
-        snap = Snapshot(time.time(), {s.name: scrape(s.metrics_port) for s in self.specs})
+        snap = Snapshot(time.time(), {s.name: self._continued(s.name, scrape(s.metrics_port)) for s in self.specs})
         # a process that does not answer (stopped, restarting) keeps its last values
         if self.history:
             for name, series in snap.by_process.items():
@@ -91,6 +103,26 @@ class Monitor:
                     snap.by_process[name] = self.history[-1].by_process.get(name, {})
         self.history.append(snap)
         return snap
+
+    def _continued(self, name: str, raw: Series) -> Series:
+        """``raw`` with counters carried across restarts of the process, as Prometheus' increase()
+        does: a counter that went down (or vanished) means the process restarted from zero, so
+        everything it had counted until then is added to every later scrape."""
+        if not raw:
+            return raw
+        last = self._raw.get(name, {})
+        offsets = self._offsets[name]
+        if any(raw.get(key, 0.0) < v for key, v in last.items() if key[0].endswith("_total")):
+            for key, v in last.items():
+                if _is_counter(key):
+                    offsets[key] = offsets.get(key, 0.0) + v
+        self._raw[name] = raw
+        if not offsets:
+            return raw
+        out = dict(raw)
+        for key, v in offsets.items():
+            out[key] = out.get(key, 0.0) + v
+        return out
 
     def _ago(self, seconds: float) -> Snapshot:
         target = self.history[-1].time - seconds

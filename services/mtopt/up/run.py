@@ -20,7 +20,7 @@ import time
 
 from mtopt.up.monitor import Monitor, render
 from mtopt.up.supervisor import ProcessFailed, Supervisor, health_status
-from mtopt.up.topology import UpConfig, allocate_ports, build_topology, prometheus_targets
+from mtopt.up.topology import UpConfig, allocate_ports, build_topology, evaluation_spec, prometheus_targets
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ def _summary(config: UpConfig, state: dict, codes: dict[str, int | None], error:
         "episodes_stored": state.get("episodes_stored", 0),
         "train_steps": state.get("train_steps", 0),
         "model_versions_published": state.get("versions_published", 0),
-        "success_window": f"evaluation of the final version for {config.eval_s:.0f} s" if config.eval_s > 0 else "the last minutes of the run",
+        "success_window": (f"evaluation of the final version for {config.eval_s:.0f} s "
+                           f"(epsilon {config.eval_epsilon:g}, every episode learned)") if config.eval_s > 0 else "the last minutes of the run",
         "newest_model_version": state.get("newest_version", 0),
         "robot_versions": {name: r["model_version"] for name, r in state.get("robots", {}).items()},
         "sd_version": state.get("sd_version", 0),
@@ -67,6 +68,15 @@ def _finish(supervisor: Supervisor, monitor: Monitor, config: UpConfig, success_
           file=out, flush=True)
     supervisor.stop_roles(("bellman",))
     supervisor.stop_roles(("trainer", "labeller"))  # the SD stays as it is for the evaluation
+    if config.eval_s > 0:
+        print(f"mtopt up: restarting the robots for the evaluation (epsilon {config.eval_epsilon:g}, no scripted episodes) ...",
+              file=out, flush=True)
+        robots = [evaluation_spec(s, config) for s in supervisor.specs if s.role == "robot"]
+        supervisor.stop_roles(("robot",))  # each uploads what it holds, then exits
+        for spec in robots:
+            supervisor.start(spec)
+        for spec in robots:
+            supervisor.wait_started(spec)
     deadline = time.monotonic() + converge_s
     while True:
         supervisor.check()

@@ -39,6 +39,10 @@ class UpConfig:
     eval_s: float = 0.0
     """After learning stops, run the robots on the final version this long and report the success
     rates of that window (0: the rates of the run's last minutes)."""
+    eval_epsilon: float = 0.0
+    """Random-action probability per step while evaluating: the robots restart for the evaluation
+    with it and without scripted episodes, so the window measures the final policy itself
+    (``epsilon`` is exploration for collecting data)."""
     s3_endpoint: str = ""
     """host:port of MinIO/S3; empty: the embedded local-directory backends."""
     s3_bucket: str = "mtopt"
@@ -200,6 +204,14 @@ def build_topology(config: UpConfig, ports: dict[str, int]) -> list[ProcessSpec]
         "MTOPT_SIM_LABELLER_REFRESH_LABELS_PER_TASK": str(config.sd_refresh_labels),
     }, None, ports["labeller/metrics"], exits=config.sd_refresh_every_s <= 0))
     return specs
+
+
+def evaluation_spec(spec: ProcessSpec, config: UpConfig) -> ProcessSpec:
+    """A robot's process for the evaluation window: the learned policy on every episode, with
+    ``eval_epsilon`` exploration."""
+    return dataclasses.replace(spec, env=spec.env | {
+        "MTOPT_AGENT_EPSILON": str(config.eval_epsilon), "MTOPT_AGENT_SCRIPTED_FRACTION": "0",
+    })
 
 
 CHART_COMPONENTS = {"robot": "sim-robot", "labeller": "sim-labeller"}

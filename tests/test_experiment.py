@@ -47,6 +47,9 @@ def test_cli_quick_run_writes_results(tmp_path, capsys):
     assert summary["train_steps"] == 4 * 5
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["config"]["algo"]["impersonation"] == "skill" and len(data["curve"]) == 2
+    phases = data["rl_phase_s"]  # where the RL loop's time went
+    assert set(phases) == {"train", "collect", "label", "sd_refresh", "evaluate"}
+    assert phases["train"] > 0 and phases["collect"] > 0 and sum(phases.values()) <= data["wall_s"]
 
 
 def test_sd_refresh_labels_on_policy_images_from_ground_truth_and_fine_tunes():

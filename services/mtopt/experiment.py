@@ -238,6 +238,8 @@ def train_rl(
     eval_fleet = Fleet(catalogue, cfg.num_robots * 4, cfg.seed + 30)
     choose = lambda r: catalogue.tasks[r.integers(len(catalogue))]
     curve, losses, refreshes, pending = [], [], [], []
+    # wall seconds of each part of the loop ("train": sampling, Bellman targets and the update)
+    phases = dict.fromkeys(("train", "collect", "label", "sd_refresh", "evaluate"), 0.0)
     episodes_total, t0 = len(own), time.time()
     bar = None
     if progress:
@@ -245,18 +247,22 @@ def train_rl(
 
         bar = tqdm(total=iterations, desc="mt-opt", unit="it", dynamic_ncols=True)
     for it in range(1, iterations + 1):
+        mark = time.perf_counter()
         for _ in range(train_steps):
             tb = computer(buffer.sample(algo.batch_size, rng, algo.rebalance, algo.success_fraction))
             losses.append(learner.step(tb))
             targets.update(q)
+        mark = _phase(phases, "train", mark)
         out = fleet.collect(
             episodes_per_iteration, choose, lambda i, s, t: policy.batch(i, s, t)[0], cfg.max_episode_steps,
             epsilon=cfg.epsilon, scripted_fraction=cfg.scripted_fraction, policy_version=learner.steps,
         )
+        mark = _phase(phases, "collect", mark)
         for ep, outcomes in zip(out.episodes, _label(out.episodes, catalogue, sd, algo.impersonation, algo.sd_threshold)):
             buffer.add(ep, outcomes)
         episodes_total += len(out.episodes)
         pending.append(out)
+        mark = _phase(phases, "label", mark)
         if examples is not None and cfg.sd_refresh_every and it % cfg.sd_refresh_every == 0:
             examples, report = refresh_sd(sd, examples, pending, catalogue, cfg, rng)
             pending = []
@@ -266,9 +272,11 @@ def train_rl(
             refreshes.append({"iteration": it, **report})
             log(f"iter {it}: SD refresh +{report['labels']} labels (precision of its on-policy successes "
                 f"{report['flagged_precision']:.2f}), {len(kept)} episodes relabelled")
+            mark = _phase(phases, "sd_refresh", mark)
         out_of_time = bool(cfg.time_limit_s) and time.time() - t0 > cfg.time_limit_s
         if it % cfg.eval_every == 0 or it == iterations or out_of_time:
             rates = _evaluate(eval_fleet, catalogue, lambda i, s, t: policy.batch(i, s, t)[0], cfg)
+            mark = _phase(phases, "evaluate", mark)
             point = {"iteration": it, "train_steps": learner.steps, "episodes": episodes_total,
                      "wall_s": round(time.time() - t0, 1), "loss": float(np.mean(losses[-train_steps:])),
                      "success": rates, "mean_success": float(np.nanmean(list(rates.values())))}
@@ -286,7 +294,14 @@ def train_rl(
         bar.close()
     return {"curve": curve, "buffer_sizes": buffer.sizes(), "episodes": episodes_total, "sd_refreshes": refreshes,
             "sd_labels": int(len(examples)) if examples is not None else None,
-            "train_steps": learner.steps, "wall_s": time.time() - t0, "q": q}
+            "train_steps": learner.steps, "wall_s": time.time() - t0, "phase_s": {k: round(v, 1) for k, v in phases.items()},
+            "q": q}
+
+
+def _phase(phases: dict[str, float], name: str, since: float) -> float:
+    now = time.perf_counter()
+    phases[name] += now - since
+    return now
 
 
 def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log: Callable[[str], None] = print,
@@ -338,6 +353,7 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
         "episodes": episodes,
         "train_steps": steps,
         "wall_s": round(time.time() - t_start, 1),
+        "rl_phase_s": rl["phase_s"] if rl is not None else None,
         "torch_threads": torch.get_num_threads(),
     }
     if out_dir is not None:
@@ -365,6 +381,8 @@ def results_table(result: dict) -> str:
     lines.append("")
     lines.append(f"{result['episodes']} episodes, {result['train_steps']} train steps, {result['wall_s']} s wall, "
                  f"{result['torch_threads']} torch threads")
+    if result.get("rl_phase_s"):
+        lines.append("RL loop, wall seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["rl_phase_s"].items()))
     return "\n".join(lines) + "\n"
 
 

@@ -80,10 +80,8 @@ def test_n_candidates_equal_separate_evaluations():
     torch.testing.assert_close(together, per_state, rtol=1e-5, atol=1e-6)
 
 
-def test_score_equals_head_when_available():
+def test_score_equals_head():
     q = qnet()
-    if not hasattr(q, "score"):
-        pytest.skip("QNetwork.score is not part of this version of the library")
     b, n = 19, 8  # more states than one chunk
     img, st, a, tk = images(b), torch.rand(b, 2), rand_actions(b, n), torch.arange(b) % 13
     with torch.no_grad():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mtopt.core.replay import Batch, ReplayBuffer, impersonate, rebalanced_counts
+from mtopt.core.replay import Batch, ReplayBuffer, held_bytes, impersonate, rebalanced_counts
 from mtopt.episode import Episode
 
 IMG = 64
@@ -65,7 +65,7 @@ def test_impersonation_keeps_failures_and_successes(catalogue, rng):
     outcomes = {t.name: t.name in succeeded for t in targets}
     buffer.add(ep, outcomes)
 
-    assert len(buffer) == 1 and buffer.nbytes == ep.nbytes  # stored once, referenced six times
+    assert len(buffer) == 1 and buffer.nbytes == held_bytes(ep)  # stored once, referenced six times
     for t in targets:
         s, f = ids(buffer, catalogue, t.name)
         if t.name in succeeded:
@@ -279,13 +279,13 @@ def test_relabel_moves_episode_between_success_and_failure(catalogue, rng):
 
 def test_eviction_by_capacity(catalogue, rng):
     probe = make_episode("probe", rng)
-    capacity = int(3.5 * probe.nbytes)
+    capacity = int(3.5 * held_bytes(probe))
     buffer = ReplayBuffer(catalogue, capacity_bytes=capacity)
     names = ["lift-red", "lift-any", "place-any"]
     for i in range(10):
         buffer.add(make_episode(f"e{i}", rng), {n: bool((i + j) % 2) for j, n in enumerate(names)})
         assert buffer.nbytes <= capacity
-        assert buffer.nbytes == sum(e.nbytes for e in buffer.episodes.values())
+        assert buffer.nbytes == sum(held_bytes(e) for e in buffer.episodes.values())
     assert list(buffer.episodes) == ["e7", "e8", "e9"]  # oldest first out
     assert set(buffer.labels) == {"e7", "e8", "e9"}
     referenced = {e for s, f in buffer.buffers.values() for e in s + f}
@@ -299,7 +299,7 @@ def test_eviction_by_capacity(catalogue, rng):
 
 def test_relabel_of_evicted_episode_leaves_no_dangling_reference(catalogue, rng):
     probe = make_episode("probe", rng)
-    buffer = ReplayBuffer(catalogue, capacity_bytes=int(2.5 * probe.nbytes))
+    buffer = ReplayBuffer(catalogue, capacity_bytes=int(2.5 * held_bytes(probe)))
     for i in range(3):
         buffer.add(make_episode(f"e{i}", rng), {"lift-red": True})
     assert "e0" not in buffer.episodes  # evicted

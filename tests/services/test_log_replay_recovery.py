@@ -14,6 +14,7 @@ from replay_harness import make_replay, sim_episodes, upload_all  # noqa: F401 -
 from registry_harness import wait_until
 from sd_harness import make_sd  # noqa: F401 - fixture
 from test_log_replay_service import CAT, make_world, train_sd
+from mtopt.core.replay import held_bytes
 from mtopt.v1 import log_replay_pb2 as lr_pb
 
 
@@ -28,7 +29,7 @@ def by_task(episodes) -> dict[str, int]:
 
 def test_restart_loses_nothing_and_counts_nothing_twice(make_store, make_registry, make_sd, make_replay):
     world = make_world(make_store, make_registry, make_sd, n=10)
-    budget = int(max(e.episode.nbytes for e in world.episodes) * 6)
+    budget = int(max(held_bytes(e.episode) for e in world.episodes) * 6)
     replay = make_replay(world.store, world.sd, buffer_bytes=budget, classify_batch=2, sd_threshold=world.threshold)
     replay.wait_for(lambda s: s.episodes_processed == 10 and s.caught_up)
     cache = lambda: replay.server.core.cache  # noqa: E731 - a new one after each restart

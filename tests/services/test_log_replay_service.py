@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from replay_harness import SIM_IMAGE_SHAPE, batch_arrays, make_replay, sim_episodes, upload_all  # noqa: F401 - fixture
 from registry_harness import code_of, wait_until
 from sd_harness import make_sd  # noqa: F401 - fixture
-from mtopt.core.replay import impersonate
+from mtopt.core.replay import held_bytes, impersonate
 from mtopt.tasks import TaskCatalogue
 from mtopt.v1 import log_replay_pb2 as lr_pb
 
@@ -129,7 +129,7 @@ def test_labels_come_from_the_sd_and_batches_are_rebalanced(make_store, make_reg
 
 def test_buffer_stays_within_its_byte_budget(make_store, make_registry, make_sd, make_replay):
     world = make_world(make_store, make_registry, make_sd, n=20)
-    one = max(e.episode.nbytes for e in world.episodes)
+    one = max(held_bytes(e.episode) for e in world.episodes)
     budget = int(one * 4.5)
     replay = make_replay(world.store, world.sd, buffer_bytes=budget, classify_batch=3, sd_threshold=world.threshold)
     stats = replay.wait_for(lambda s: s.episodes_processed == 20)
@@ -137,10 +137,10 @@ def test_buffer_stays_within_its_byte_budget(make_store, make_registry, make_sd,
     assert replay.metric("mtopt_log_replay_buffer_bytes") <= budget
     kept, total = [], 0  # the newest episodes that fit, oldest first
     for e in reversed(world.episodes):
-        if total + e.episode.nbytes > budget:
+        if total + held_bytes(e.episode) > budget:
             break
         kept.insert(0, e.episode.episode_id)
-        total += e.episode.nbytes
+        total += held_bytes(e.episode)
     assert replay.server.core.cache.episode_ids() == kept and stats.bytes_total == total
     assert set(replay.sample(batch_size=32)[0].episode_ids) <= set(kept)
 

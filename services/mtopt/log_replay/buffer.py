@@ -22,7 +22,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mtopt.core.replay import Batch, ReplayBuffer
+from mtopt.core.replay import Batch, ReplayBuffer, held_bytes
 from mtopt.episode import Episode
 from mtopt.tasks import TaskCatalogue
 
@@ -60,7 +60,7 @@ class CountingReplayBuffer(ReplayBuffer):
             else:
                 c.failure_transitions += sign * ep.num_steps
                 c.failure_episodes += sign
-            c.bytes += sign * ep.nbytes
+            c.bytes += sign * held_bytes(ep)
 
     def _link(self, episode_id: str, outcomes: Mapping[str, bool]) -> None:
         super()._link(episode_id, outcomes)

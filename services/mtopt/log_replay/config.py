@@ -40,7 +40,8 @@ class LogReplayConfig(S3Settings):
     impersonation: str = "skill"
     """Which tasks an episode trains: orig (its own), all (every task) or skill (its skill's tasks)."""
     buffer_bytes: int = 2 << 30
-    """Memory budget of the decoded episodes in the buffers; the oldest are evicted beyond it."""
+    """Memory budget of the buffered episodes (decoded arrays plus ~1.5 KiB of objects each); the
+    oldest are evicted beyond it."""
     success_fraction: float = 0.5
     """Default share of each task's transitions drawn from successful episodes."""
     sd_threshold: float = 0.5
@@ -82,6 +83,9 @@ class LogReplayConfig(S3Settings):
     0 leaves glibc's defaults, and then the trim threshold too). Sample batches are megabytes."""
     malloc_trim_threshold_bytes: int = 64 << 20
     """glibc malloc: free heap above this size goes back to the kernel."""
+    malloc_arena_max: int = 2
+    """glibc malloc: at most this many arenas (0: glibc's default, 8 per core). The io_workers
+    threads that decode episodes otherwise each keep an arena of free memory beside the budget."""
 
     def __post_init__(self):
         v = lambda name: PREFIX + name.upper()  # noqa: E731
@@ -113,6 +117,7 @@ class LogReplayConfig(S3Settings):
         check(0 <= self.malloc_mmap_threshold_bytes <= MMAP_THRESHOLD_MAX, v("malloc_mmap_threshold_bytes"),
               f"must lie in [0, {MMAP_THRESHOLD_MAX}] (0: glibc's defaults), got {self.malloc_mmap_threshold_bytes}")
         check(self.malloc_trim_threshold_bytes >= 0, v("malloc_trim_threshold_bytes"), "must be >= 0")
+        check(self.malloc_arena_max >= 0, v("malloc_arena_max"), f"must be >= 0 (0: glibc's default), got {self.malloc_arena_max}")
         if self.tasks is not None:
             check(self.tasks.is_file(), "MTOPT_TASKS", f"must name an existing task catalogue YAML file, got {self.tasks}")
 

@@ -191,9 +191,9 @@ async def serve_async(config: LogReplayConfig) -> None:
 def serve(config: LogReplayConfig) -> None:
     """Runs log_replay until SIGTERM/SIGINT, then stops gracefully (the process entry point).
 
-    Sets the process's malloc thresholds first (`mtopt.serving.malloc`): encoding a sample batch
-    allocates and frees megabytes, which with glibc's defaults cost ~3x the throughput in page
-    faults (docs/results.md, replay_sample)."""
-    if config.malloc_mmap_threshold_bytes > 0:
-        tune_malloc(config.malloc_mmap_threshold_bytes, config.malloc_trim_threshold_bytes)
+    Sets the process's malloc thresholds and arena cap first (`mtopt.serving.malloc`): encoding a
+    sample batch allocates and frees megabytes, which with glibc's defaults cost ~3x the throughput
+    in page faults (docs/results.md, replay_sample), and the decoding threads' arenas add to the
+    footprint beyond the buffer budget (replay_memory)."""
+    tune_malloc(config.malloc_mmap_threshold_bytes, config.malloc_trim_threshold_bytes, config.malloc_arena_max)
     run_service(lambda: serve_async(config))

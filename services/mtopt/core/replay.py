@@ -219,7 +219,6 @@ class ReplayBuffer:
         return self._gather(picks, rng)
 
     def _gather(self, picks: Sequence[tuple[int, str, bool]], rng: np.random.Generator) -> Batch:
-        n = len(picks)
         eps = [self.episodes[e] for _, e, _ in picks]
         steps = np.array([rng.integers(ep.num_steps) for ep in eps])
         last = np.array([ep.num_steps - 1 for ep in eps])

@@ -16,10 +16,11 @@ value = VmHWM - RSS before filling (MiB), baseline = the budget (MiB), ratio = v
 target ratio <= 1.2 (budget + 20%). Also reports the buffer's own accounting
 (`mtopt_log_replay_buffer_bytes`) and RSS at the end.
 
-A part of the growth does not depend on the budget (about 5 MiB here: the PNG decoder's code
-and tables, touched at the first decode, the io_workers threads' malloc arenas, the batch being
-decoded and labelled), the rest is ~8% on top of the decoded bytes (Python objects per episode
-and malloc fragmentation), so the ratio falls as the budget grows (see docs/results.md).
+A part of the growth does not depend on the budget (a few MiB here: the PNG decoder's code and
+tables, touched at the first decode, the malloc arenas of the io_workers threads, capped at 2 by
+default, the batch being decoded and labelled); the budget itself counts each episode's Python
+objects with its arrays, and malloc fragmentation adds a few percent, so the ratio falls as the
+budget grows (see docs/results.md).
 
     python bench/replay_memory.py [--quick] [--budget-mib 64] [--fill 2.0]
 

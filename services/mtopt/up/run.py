@@ -62,8 +62,9 @@ def _summary(config: UpConfig, state: dict, codes: dict[str, int | None], error:
 def _finish(supervisor: Supervisor, monitor: Monitor, config: UpConfig, success_window: float, out,
             converge_s: float = 30.0) -> dict:
     """Ends learning first (Bellman workers, then the trainer, which checkpoints), lets every robot
-    pick up the last published version, then (with eval_s) lets the robots run it for eval_s
-    seconds; returns the final state, whose recent success rates are those of that evaluation."""
+    pick up the last published version (with eval_s: restarted with the evaluation's exploration
+    and no scripted episodes, `evaluation_spec`), then lets them run it for eval_s seconds;
+    returns the final state, whose recent success rates are those of that evaluation."""
     print("mtopt up: stopping Bellman workers, the trainer and the labeller; robots switch to the last version ...",
           file=out, flush=True)
     supervisor.stop_roles(("bellman",))
@@ -73,6 +74,10 @@ def _finish(supervisor: Supervisor, monitor: Monitor, config: UpConfig, success_
               file=out, flush=True)
         robots = [evaluation_spec(s, config) for s in supervisor.specs if s.role == "robot"]
         supervisor.stop_roles(("robot",))  # each uploads what it holds, then exits
+        failed = {s.name: supervisor.exit_codes.get(s.name) for s in robots if supervisor.exit_codes.get(s.name) != 0}
+        if failed:  # their restart would overwrite these codes in the summary
+            raise ProcessFailed(f"robots did not stop cleanly for the evaluation (exit codes {failed}); logs in "
+                                f"{config.data_dir / 'logs'}")
         for spec in robots:
             supervisor.start(spec)
         for spec in robots:

@@ -3,14 +3,19 @@
 # 13 tasks (two seeds; batch 512 at two learning rates) and the same budget without the
 # success-detector refresh, at a budget the 2-core development box cannot reach.
 #
-#   bash scripts/gpu_experiments.sh OUTDIR [TIME_LIMIT_S] [compare|long]
+#   bash scripts/gpu_experiments.sh OUTDIR [TIME_LIMIT_S] [compare|long|single]
+#
+# `single` gives the whole machine to one run of the full method (seed 0, evaluated every 100
+# iterations): with 4-5 runs at once each got ~35 train steps/s, while the step alone runs at
+# ~147/s (docs/results.md section 5), so one run reaches several times the steps in the same
+# device time. The 13-task curves were still rising at 11,400 steps.
 #
 # Runs from the repository root with the package on PYTHONPATH (no install needed where torch,
 # numpy, opencv, pyyaml, tqdm and matplotlib are present). Each run stops its RL loop after
 # TIME_LIMIT_S seconds (default 300) and then evaluates; results.json records the steps and
 # episodes it reached. Results land in OUTDIR/<run>/ and OUTDIR/<run>.log.
 set -u
-out=${1:?usage: gpu_experiments.sh OUTDIR [TIME_LIMIT_S] [compare|long]}
+out=${1:?usage: gpu_experiments.sh OUTDIR [TIME_LIMIT_S] [compare|long|single]}
 limit=${2:-300}
 mkdir -p "$out"
 export PYTHONPATH="$PWD/services:$PWD/robot_agent${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -36,6 +41,9 @@ case "${3:-compare}" in
     run full-b512-s0 --seed 0 --batch-size 512 &
     run full-b512-labels20-s1 --seed 1 --batch-size 512 --sd-refresh-labels 20 &
     ;;
-  *) echo "unknown run set ${3}; use compare or long" >&2; exit 2 ;;
+  single)  # one run with the whole machine: the most train steps one device session allows
+    run full-s0 --seed 0 --eval-every 100 &
+    ;;
+  *) echo "unknown run set ${3}; use compare, long or single" >&2; exit 2 ;;
 esac
 wait

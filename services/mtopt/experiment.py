@@ -28,6 +28,7 @@ from mtopt.core.networks import QNetwork
 from mtopt.core.policy import CEMPolicy
 from mtopt.core.replay import ReplayBuffer, impersonate
 from mtopt.core.success_detector import LabelledExamples, SuccessDetector, select_examples
+from mtopt.experiment_report import plot_curve, results_table
 from mtopt.robot import ACTION_DIM
 from mtopt.tasks import TaskCatalogue
 
@@ -369,43 +370,3 @@ def run_experiment(cfg: ExperimentConfig, out_dir: str | Path | None = None, log
 
 def _jsonable(d):
     return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
-
-
-def results_table(result: dict) -> str:
-    lines = ["| task | scripted | MT-Opt | SD accuracy |", "|---|---|---|---|"]
-    for name, rate in result["final_success"].items():
-        lines.append(f"| {name} | {result['scripted_success'][name]:.2f} | {rate:.2f} | "
-                     f"{result['success_detector'][name]['accuracy']:.3f} |")
-    mean_scripted = np.mean(list(result["scripted_success"].values()))
-    lines.append(f"| **mean** | {mean_scripted:.2f} | {result['mean_success']:.2f} | |")
-    lines.append("")
-    lines.append(f"{result['episodes']} episodes, {result['train_steps']} train steps, {result['wall_s']} s wall, "
-                 f"{result['torch_threads']} torch threads")
-    if result.get("rl_phase_s"):
-        lines.append("RL loop, wall seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["rl_phase_s"].items()))
-    return "\n".join(lines) + "\n"
-
-
-def plot_curve(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    curve = result["curve"]
-    if not curve:
-        return
-    fig, ax = plt.subplots(figsize=(8, 5))
-    xs = [p["episodes"] for p in curve]
-    for name in result["final_success"]:
-        ax.plot(xs, [p["success"].get(name, np.nan) for p in curve], alpha=0.5, lw=1, label=name)
-    ax.plot(xs, [p["mean_success"] for p in curve], color="black", lw=2.5, label="mean over tasks")
-    ax.axhline(np.mean(list(result["scripted_success"].values())), color="grey", ls="--", label="scripted mean")
-    ax.set_xlabel("episodes collected")
-    ax.set_ylabel("ground-truth success")
-    ax.set_ylim(0, 1)
-    ax.legend(loc="upper left", fontsize=7, ncol=2)
-    ax.set_title("MT-Opt on the tabletop simulator")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

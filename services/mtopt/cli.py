@@ -38,6 +38,7 @@ def _experiment(args: argparse.Namespace) -> int:
         sd_random_fraction=args.sd_random_fraction,
         sd_refresh_every=args.sd_refresh_every,
         sd_refresh_labels=args.sd_refresh_labels,
+        sd_min_steps=args.sd_min_steps,
         device=args.device,
         time_limit_s=args.time_limit,
     )
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--sd-refresh-every", type=int, default=5,
                      help="label on-policy final images and fine-tune the SD every N iterations (0 = never)")
     exp.add_argument("--sd-refresh-labels", type=int, default=10, help="labels per task per SD refresh")
+    exp.add_argument("--sd-min-steps", type=int, default=1500,
+                     help="the initial SD trains for at least this many gradient steps (batch 64)")
     exp.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     exp.add_argument("--time-limit", type=float, default=0.0,
                      help="stop training after the iteration that passes S seconds, then evaluate (0 = none)")

@@ -3,7 +3,7 @@
 # 13 tasks (two seeds; batch 512 at two learning rates) and the same budget without the
 # success-detector refresh, at a budget the 2-core development box cannot reach.
 #
-#   bash scripts/gpu_experiments.sh OUTDIR [TIME_LIMIT_S] [compare|long|single|sd]
+#   bash scripts/gpu_experiments.sh OUTDIR [TIME_LIMIT_S] [compare|long|single|sd|stem]
 #
 # `single` gives the whole machine to one run of the full method (seed 0, evaluated every 100
 # iterations): with 4-5 runs at once each got ~35 train steps/s, while the step alone runs at
@@ -15,7 +15,7 @@
 # TIME_LIMIT_S seconds (default 300) and then evaluates; results.json records the steps and
 # episodes it reached. Results land in OUTDIR/<run>/ and OUTDIR/<run>.log.
 set -u
-out=${1:?usage: gpu_experiments.sh OUTDIR [TIME_LIMIT_S] [compare|long|single|sd]}
+out=${1:?usage: gpu_experiments.sh OUTDIR [TIME_LIMIT_S] [compare|long|single|sd|stem]}
 limit=${2:-300}
 mkdir -p "$out"
 export PYTHONPATH="$PWD/services:$PWD/robot_agent${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -48,6 +48,12 @@ case "${3:-compare}" in
     run full-s0 --seed 0 --eval-every 50 &
     run sd4000-s0 --seed 0 --eval-every 50 --sd-min-steps 4000 &
     ;;
-  *) echo "unknown run set ${3}; use compare, long, single or sd" >&2; exit 2 ;;
+  stem)  # the conv2 tower stem (docs/results.md 1e) on all 13 tasks, two seeds, against the default;
+         # one run alone is not faster than three at once (the loop is bound per process)
+    run conv2-s0 --seed 0 --tower-stem conv2 &
+    run conv2-s1 --seed 1 --tower-stem conv2 &
+    run patch4-s0 --seed 0 &
+    ;;
+  *) echo "unknown run set ${3}; use compare, long, single, sd or stem" >&2; exit 2 ;;
 esac
 wait

@@ -20,9 +20,9 @@ def images(b, seed=0):
     return torch.randint(0, 256, (b, SIZE, SIZE, 3), dtype=torch.uint8, generator=g)
 
 
-def qnet(seed=0, multi_head=False):
+def qnet(seed=0, multi_head=False, stem="patch4"):
     torch.manual_seed(seed)
-    return QNetwork(SLOTS, SIZE, CH, multi_head=multi_head).eval()
+    return QNetwork(SLOTS, SIZE, CH, multi_head=multi_head, stem=stem).eval()
 
 
 def rand_actions(b, n, seed=1):
@@ -55,6 +55,21 @@ def test_tower_feature_map_shape():
     with torch.no_grad():
         f = q.tower(images(2))
     assert f.shape[:2] == (2, CH) and f.ndim == 4
+
+
+def test_tower_stems_reach_the_same_map_at_different_first_resolutions():
+    x = images(2)
+    for stem, first_map in (("patch4", SIZE // 4), ("conv2", SIZE // 2)):
+        tower = qnet(stem=stem).tower
+        with torch.no_grad():
+            assert tower(x).shape == (2, CH, SIZE // 8, SIZE // 8)
+            first = tower.convs[0](torch.cat([x.permute(0, 3, 1, 2).float(), tower.coords.expand(2, -1, -1, -1)], 1))
+        assert first.shape[-2:] == (first_map, first_map), stem
+    assert SuccessDetectorNet(SLOTS, SIZE, CH, stem="conv2").tower.convs[0].stride == (2, 2)
+    with pytest.raises(ValueError, match="stem"):
+        QNetwork(SLOTS, SIZE, CH, stem="patch8")
+    with pytest.raises(ValueError, match="tower_stem"):
+        MTOptConfig(tower_stem="patch8")
 
 
 def test_head_on_precomputed_features_equals_forward():
@@ -197,9 +212,9 @@ def test_success_detector_net_shapes_and_columns():
 
 
 # -- ONNX export ------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def exported():
-    q = qnet(seed=3)
+@pytest.fixture(scope="module", params=["patch4", "conv2"])
+def exported(request):
+    q = qnet(seed=3, stem=request.param)
     return q, export_onnx_bytes(q)
 
 

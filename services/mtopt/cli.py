@@ -7,6 +7,8 @@ import dataclasses
 import json
 import sys
 
+from mtopt.core.config import TOWER_STEMS
+
 
 def _experiment(args: argparse.Namespace) -> int:
     from mtopt.core.config import MTOptConfig
@@ -16,6 +18,7 @@ def _experiment(args: argparse.Namespace) -> int:
         impersonation=args.impersonation,
         rebalance=not args.no_rebalance,
         multi_head=args.multi_head,
+        tower_stem=args.tower_stem,
         success_fraction=args.success_fraction,
         gamma=args.gamma,
         learning_rate=args.learning_rate,
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--no-rebalance", action="store_true", help="ablation: sample batches in data proportions")
     exp.add_argument("--single-task", action="store_true", help="ablation: one network per task, same total budget")
     exp.add_argument("--multi-head", action="store_true", help="ablation: per-task output heads instead of one-hot")
+    exp.add_argument("--tower-stem", choices=list(TOWER_STEMS), default="patch4",
+                     help="first layers of the conv tower (Q-network and SD): conv2 sees object shape better, ~3x the tower's cost")
     exp.add_argument("--success-fraction", type=float, default=0.5)
     exp.add_argument("--gamma", type=float, default=0.9, help="discount factor")
     exp.add_argument("--learning-rate", type=float, default=1e-3)

@@ -132,7 +132,8 @@ def bootstrap_and_sd(cfg: ExperimentConfig, catalogue: TaskCatalogue, log: Calla
     outcomes = np.concatenate([p.ground_truth for p in pools])
     examples = select_examples(finals, outcomes, catalogue, cfg.sd_examples_per_task, rng)
     torch.manual_seed(cfg.seed)  # the SD's initial weights must not depend on what ran before
-    sd = SuccessDetector(catalogue.num_slots, cfg.algo.image_size, cfg.algo.channels, device=cfg.device)
+    sd = SuccessDetector(catalogue.num_slots, cfg.algo.image_size, cfg.algo.channels, device=cfg.device,
+                         stem=cfg.algo.tower_stem)
     t0 = time.time()
     batches_per_epoch = max(1, -(-len(examples) // 64))
     epochs = max(cfg.sd_epochs, -(-cfg.sd_min_steps // batches_per_epoch))
@@ -226,7 +227,7 @@ def train_rl(
     train_steps = train_steps_per_iteration or cfg.train_steps_per_iteration
     rng = np.random.default_rng(cfg.seed + 10)
     torch.manual_seed(cfg.seed)
-    q = QNetwork(catalogue.num_slots, algo.image_size, algo.channels, algo.multi_head).to(cfg.device)
+    q = QNetwork(catalogue.num_slots, algo.image_size, algo.channels, algo.multi_head, algo.tower_stem).to(cfg.device)
     learner = Learner(q, algo)
     targets = TargetNetworks(q, algo)
     computer = TargetComputer(targets, algo, seed=cfg.seed, device=cfg.device)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 IMPERSONATION_MODES = ("orig", "all", "skill")
+TOWER_STEMS = ("patch4", "conv2")
+"""Conv tower stems: `patch4` (the default) cuts the image into 4x4 patches (stride 4); `conv2`
+starts with a stride-2 4x4 conv at half resolution, ~3x the tower's arithmetic, and sees an
+object's shape (cube or ball, ~6 px wide at 64 px) that 4x4 patches blur."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +22,9 @@ class MTOptConfig:
     """Width of the conv tower and of the per-position head."""
     multi_head: bool = False
     """Ablation only: one output head per task instead of the one-hot-conditioned shared head."""
+    tower_stem: str = "patch4"
+    """First layers of the conv tower (TOWER_STEMS), for the Q-network and the SD.
+    `conv2` learns the shape tasks faster (docs/results.md 1e); the services build `patch4`."""
 
     # -- CEM (QT-Opt) --
     cem_iterations: int = 2
@@ -61,5 +68,7 @@ class MTOptConfig:
             raise ValueError(f"cem_elites must be in [1, cem_samples={self.cem_samples}], got {self.cem_elites}")
         if self.cem_iterations < 1:
             raise ValueError("cem_iterations must be >= 1")
+        if self.tower_stem not in TOWER_STEMS:
+            raise ValueError(f"tower_stem must be one of {TOWER_STEMS}, got {self.tower_stem!r}")
         if self.image_size % 8:
             raise ValueError(f"image_size must be a multiple of 8, got {self.image_size}")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mtopt.core.config import TOWER_STEMS
 from mtopt.robot import ACTION_DIM, STATE_DIM
 
 
@@ -31,19 +32,23 @@ def canonical_action_t(actions: torch.Tensor) -> torch.Tensor:
 class ConvTower(nn.Module):
     """uint8 NHWC image -> feature map (B, C, H/8, W/8). Adds x/y coordinate planes (CoordConv)."""
 
-    def __init__(self, image_size: int, channels: int):
+    def __init__(self, image_size: int, channels: int, stem: str = "patch4"):
         super().__init__()
+        if stem not in TOWER_STEMS:
+            raise ValueError(f"stem must be one of {TOWER_STEMS}, got {stem!r}")
         self.image_size = image_size
-        # A strided 4x4 stem keeps the tower cheap on CPU (robots, Bellman workers) while objects
-        # (about 6 px wide at 64 px) still land in distinct cells of the 8x8 output map.
-        self.convs = nn.Sequential(
-            nn.Conv2d(5, channels, 4, stride=4),
-            nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, stride=2, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, stride=1, padding=1),
-            nn.ReLU(),
-        )
+        c = channels
+        if stem == "patch4":
+            # A strided 4x4 stem keeps the tower cheap on CPU (robots, Bellman workers) while objects
+            # (about 6 px wide at 64 px) still land in distinct cells of the 8x8 output map.
+            layers = [nn.Conv2d(5, c, 4, stride=4), nn.ReLU(),
+                      nn.Conv2d(c, c, 3, stride=2, padding=1), nn.ReLU(),
+                      nn.Conv2d(c, c, 3, stride=1, padding=1), nn.ReLU()]
+        else:  # conv2: H/2 -> H/4 -> H/8
+            layers = [nn.Conv2d(5, c, 4, stride=2, padding=1), nn.ReLU(),
+                      nn.Conv2d(c, c, 3, stride=2, padding=1), nn.ReLU(),
+                      nn.Conv2d(c, c, 3, stride=2, padding=1), nn.ReLU()]
+        self.convs = nn.Sequential(*layers)
         lin = torch.linspace(-1.0, 1.0, image_size)
         ys, xs = torch.meshgrid(-lin, lin, indexing="ij")  # row 0 is y = +1
         self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
@@ -142,11 +147,12 @@ class ConditionedHead(nn.Module):
 class QNetwork(nn.Module):
     """Multi-task Q(s, a, T) as a logit; `multi_head` is the per-task-heads ablation."""
 
-    def __init__(self, num_task_slots: int, image_size: int = 64, channels: int = 32, multi_head: bool = False):
+    def __init__(self, num_task_slots: int, image_size: int = 64, channels: int = 32, multi_head: bool = False,
+                 stem: str = "patch4"):
         super().__init__()
         self.num_task_slots = num_task_slots
         self.multi_head = multi_head
-        self.tower = ConvTower(image_size, channels)
+        self.tower = ConvTower(image_size, channels, stem)
         cond_dim = ACTION_DIM + STATE_DIM + (0 if multi_head else num_task_slots)
         self.q_head = ConditionedHead(
             channels, cond_dim, outputs=num_task_slots if multi_head else 1, map_size=image_size // 8, spatial=True
@@ -205,10 +211,10 @@ class QNetwork(nn.Module):
 class SuccessDetectorNet(nn.Module):
     """P(success | final image, task) as a logit: the Q-network's tower, no action input."""
 
-    def __init__(self, num_task_slots: int, image_size: int = 64, channels: int = 32):
+    def __init__(self, num_task_slots: int, image_size: int = 64, channels: int = 32, stem: str = "patch4"):
         super().__init__()
         self.num_task_slots = num_task_slots
-        self.tower = ConvTower(image_size, channels)
+        self.tower = ConvTower(image_size, channels, stem)
         self.sd_head = ConditionedHead(channels, num_task_slots, map_size=image_size // 8)
         init_weights(self)
 

@@ -73,8 +73,9 @@ class SuccessDetector:
         probs = sd.predict(final_images, [t.index for t in tasks])   # (N, len(tasks))
     """
 
-    def __init__(self, num_task_slots: int, image_size: int = 64, channels: int = 32, device: str = "cpu"):
-        self.net = SuccessDetectorNet(num_task_slots, image_size, channels).to(device)
+    def __init__(self, num_task_slots: int, image_size: int = 64, channels: int = 32, device: str = "cpu",
+                 stem: str = "patch4"):
+        self.net = SuccessDetectorNet(num_task_slots, image_size, channels, stem).to(device)
         self.device = device
         self.version = 0
 

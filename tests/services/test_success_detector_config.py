@@ -28,6 +28,7 @@ def test_defaults_and_overrides_from_environment():
     ({P + "DEVICE": "tpu"}, P + "DEVICE"),
     ({P + "EVAL_FRACTION": "1.0"}, P + "EVAL_FRACTION"),
     ({P + "TRAIN_STEPS": "0"}, P + "TRAIN_STEPS"),
+    ({P + "TOWER_STEM": "patch8"}, P + "TOWER_STEM"),
     ({P + "BACKEND": "s3"}, P + "S3_ENDPOINT"),
     ({P + "BACKEND": "s3", P + "S3_ENDPOINT": "minio:9000"}, "MTOPT_S3_ACCESS_KEY"),
     ({P + "REGISTRY_ADDRESS": ""}, P + "REGISTRY_ADDRESS"),

@@ -73,6 +73,21 @@ def test_train_ready_classify_separates_successes(make_registry, make_sd, sim_da
     assert sd.metric("mtopt_success_detector_images_classified_total") == 83
 
 
+def test_network_label_round_trips_the_tower_stem():
+    import json
+
+    from mtopt.success_detector.models import build_detector, network_kwargs, parse_network, weights_bytes
+
+    assert network_kwargs(13, 64, 8) == {"num_task_slots": 13, "image_size": 64, "channels": 8}  # labels as before
+    network = network_kwargs(13, 64, 8, "conv2")
+    assert parse_network({"network": json.dumps(network)}) == network
+    sd = build_detector(network, None, "cpu")
+    assert sd.net.tower.convs[0].stride == (2, 2)
+    loaded = build_detector(parse_network({"network": json.dumps(network)}), weights_bytes(sd), "cpu")
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    np.testing.assert_allclose(loaded.predict(images, [0, 5]), sd.predict(images, [0, 5]), rtol=1e-5)
+
+
 def test_sigterm_stops_the_entry_point_gracefully(make_registry, tmp_path, backend_kind):
     if backend_kind == "s3":
         pytest.skip("the entry point is the same on both backends")

@@ -64,6 +64,23 @@ def test_publishes_initial_version_once_registry_answers(make_registry, make_tra
     assert status.last_published_version == 1 and status.step == 0 and status.buffer_capacity == 64
 
 
+def test_tower_stem_travels_in_the_network_label(make_trainer):
+    """A conv2 trainer names its stem in labels["network"], so Bellman workers build the same network
+    from the label (QNetwork(**network)) and the published weights load into it."""
+    from mtopt.serving.config import ConfigError
+    from mtopt.trainer.config import load_config
+
+    t = make_trainer(tower_stem="conv2")
+    v = t.registry.client.get_version("q_function", 0, "latest")
+    network = json.loads(v.labels["network"])
+    assert network["stem"] == "conv2"
+    net = QNetwork(**network)
+    assert net.tower.convs[0].stride == (2, 2)
+    net.load_state_dict(torch.load(io.BytesIO(t.registry.client.fetch("q_function", v.version)["model.pt"]), weights_only=True))
+    with pytest.raises(ConfigError, match="MTOPT_TRAINER_TOWER_STEM"):
+        load_config({"MTOPT_TRAINER_TOWER_STEM": "patch8"})
+
+
 def test_trains_and_publishes_every_k_steps(make_trainer):
     t = make_trainer()
     feed_until(t, 10)

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+from mtopt.core.config import TOWER_STEMS
 from mtopt.serving.config import check, from_env
 from mtopt.serving.s3 import S3Settings, check_s3_settings, read_s3_credentials
 
@@ -44,6 +45,8 @@ class SuccessDetectorConfig(S3Settings):
     """Side of the square RGB final images the SD takes (examples and Classify images must match)."""
     channels: int = 32
     """Width of the SD network's conv tower (new versions; a loaded version keeps its own)."""
+    tower_stem: str = "patch4"
+    """First layers of the SD's conv tower for new versions: patch4 or conv2 (sees object shape better)."""
     train_steps: int = 1500
     """Default gradient steps of a TrainVersion that asks for 0."""
     max_train_steps: int = 100_000
@@ -88,6 +91,7 @@ class SuccessDetectorConfig(S3Settings):
             check_s3_settings(self, PREFIX)
         check(self.image_size >= 8 and self.image_size % 8 == 0, v("image_size"), f"must be a multiple of 8, >= 8, got {self.image_size}")
         check(self.channels >= 1, v("channels"), "must be >= 1")
+        check(self.tower_stem in TOWER_STEMS, v("tower_stem"), f"must be one of {', '.join(TOWER_STEMS)}, got {self.tower_stem!r}")
         check(1 <= self.train_steps <= self.max_train_steps, v("train_steps"), f"must lie in [1, {v('max_train_steps')}={self.max_train_steps}]")
         check(self.batch_size >= 1, v("batch_size"), "must be >= 1")
         check(self.learning_rate > 0, v("learning_rate"), "must be > 0")

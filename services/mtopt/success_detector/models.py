@@ -31,8 +31,13 @@ ARTIFACT = "sd.pt"
 SERVING_ALIAS = "serving"
 
 
-def network_kwargs(num_task_slots: int, image_size: int, channels: int) -> dict[str, int]:
-    return {"num_task_slots": int(num_task_slots), "image_size": int(image_size), "channels": int(channels)}
+def network_kwargs(num_task_slots: int, image_size: int, channels: int, stem: str = "patch4") -> dict:
+    """The SD net's constructor arguments as stored in labels["network"] (`stem` only when not the default,
+    so versions published before the option existed read the same)."""
+    network = {"num_task_slots": int(num_task_slots), "image_size": int(image_size), "channels": int(channels)}
+    if stem != "patch4":
+        network["stem"] = str(stem)
+    return network
 
 
 def weights_bytes(sd: SuccessDetector) -> bytes:
@@ -41,12 +46,15 @@ def weights_bytes(sd: SuccessDetector) -> bytes:
     return buf.getvalue()
 
 
-def build_detector(network: dict, weights: bytes, device: str) -> SuccessDetector:
-    """A `SuccessDetector` with the given net kwargs and ``sd.pt`` weights (never unpickles objects)."""
-    sd = SuccessDetector(int(network["num_task_slots"]), int(network["image_size"]), int(network["channels"]), device=device)
-    state = torch.load(io.BytesIO(weights), map_location=device, weights_only=True)
-    sd.net.load_state_dict(state)
-    sd.net.eval()
+def build_detector(network: dict, weights: bytes | None, device: str) -> SuccessDetector:
+    """A `SuccessDetector` with the given net kwargs and ``sd.pt`` weights (never unpickles objects);
+    without weights, freshly initialised for training."""
+    sd = SuccessDetector(int(network["num_task_slots"]), int(network["image_size"]), int(network["channels"]), device=device,
+                         stem=network.get("stem", "patch4"))
+    if weights is not None:
+        state = torch.load(io.BytesIO(weights), map_location=device, weights_only=True)
+        sd.net.load_state_dict(state)
+        sd.net.eval()
     return sd
 
 
@@ -101,6 +109,6 @@ def parse_network(labels) -> dict:
     raw = labels.get("network", "")
     try:
         network = json.loads(raw)
-        return network_kwargs(network["num_task_slots"], network["image_size"], network["channels"])
+        return network_kwargs(network["num_task_slots"], network["image_size"], network["channels"], network.get("stem", "patch4"))
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"registry version has no valid labels['network'] ({raw!r}): {e}") from None

@@ -90,7 +90,7 @@ async def start_success_detector(
     book.listeners.append(metrics.set_examples)
     settings = VersionSettings(
         train=TrainSettings(config.image_size, config.channels, config.train_steps, config.batch_size, config.learning_rate,
-                            config.eval_fraction, config.threshold, device),
+                            config.eval_fraction, config.threshold, device, tower_stem=config.tower_stem),
         max_train_steps=config.max_train_steps, max_pending=config.max_pending_versions, max_loaded=config.max_loaded_versions,
         shared_storage=objects.shared, train_timeout_s=config.train_timeout_s, registry_timeout_s=config.registry_timeout_s,
     )

@@ -44,6 +44,7 @@ class TrainSettings:
     threshold: float
     device: str
     seed: int = 0
+    tower_stem: str = "patch4"
 
 
 @dataclasses.dataclass
@@ -132,8 +133,8 @@ def train_and_evaluate(
         network, weights = base
         sd = build_detector(network, weights, settings.device)
     else:
-        network = network_kwargs(catalogue.num_slots, settings.image_size, settings.channels)
-        sd = SuccessDetector(catalogue.num_slots, settings.image_size, settings.channels, device=settings.device)
+        network = network_kwargs(catalogue.num_slots, settings.image_size, settings.channels, settings.tower_stem)
+        sd = build_detector(network, None, settings.device)
     epochs = epochs_for(settings.train_steps, len(train), settings.batch_size)
 
     def stop_if_cancelled(_module, _inputs):  # checked before every forward pass: a stop ends fit() within one batch

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from mtopt.core.config import MTOptConfig
+from mtopt.core.config import TOWER_STEMS, MTOptConfig
 from mtopt.serving.config import check, from_env
 from mtopt.serving.s3 import S3Settings, check_s3_settings, read_s3_credentials
 
@@ -74,6 +74,8 @@ class TrainerConfig(S3Settings):
     """Width of the Q-network's conv tower and head."""
     multi_head: bool = _ALGO.multi_head
     """Ablation only: one output head per task."""
+    tower_stem: str = _ALGO.tower_stem
+    """First layers of the conv tower: patch4 or conv2 (sees object shape; ~3x the tower's arithmetic)."""
     publish_every_steps: int = 500
     """Publish a new q_function version every this many SGD steps."""
     checkpoint_every_steps: int = 1000
@@ -116,6 +118,7 @@ class TrainerConfig(S3Settings):
         check(0 < self.polyak_tau <= 1, v("polyak_tau"), "must lie in (0, 1]")
         check(self.image_size >= 8 and self.image_size % 8 == 0, v("image_size"), f"must be a positive multiple of 8, got {self.image_size}")
         check(self.channels >= 1, v("channels"), "must be >= 1")
+        check(self.tower_stem in TOWER_STEMS, v("tower_stem"), f"must be one of {', '.join(TOWER_STEMS)}, got {self.tower_stem!r}")
         check(self.publish_every_steps >= 1, v("publish_every_steps"), "must be >= 1")
         check(self.checkpoint_every_steps >= 1, v("checkpoint_every_steps"), "must be >= 1")
         check(self.keep_checkpoints >= 2, v("keep_checkpoints"), "must be >= 2")
@@ -126,7 +129,8 @@ class TrainerConfig(S3Settings):
     def algo(self) -> MTOptConfig:
         """The learning hyperparameters as the core's MTOptConfig."""
         return dataclasses.replace(
-            _ALGO, image_size=self.image_size, channels=self.channels, multi_head=self.multi_head, learning_rate=self.learning_rate,
+            _ALGO, image_size=self.image_size, channels=self.channels, multi_head=self.multi_head, tower_stem=self.tower_stem,
+            learning_rate=self.learning_rate,
             weight_decay=self.weight_decay, batch_size=self.batch_size, grad_clip=self.grad_clip, polyak_tau=self.polyak_tau,
         )
 

@@ -73,6 +73,8 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.network = {"num_task_slots": catalogue.num_slots, "image_size": config.image_size, "channels": config.channels,
                         "multi_head": config.multi_head}
+        if config.tower_stem != "patch4":  # versions published before the option existed keep their label
+            self.network["stem"] = config.tower_stem
         self.network_label = json.dumps(self.network, sort_keys=True)
         with torch.random.fork_rng(devices=[]):  # seeded initial weights without touching the process's RNG
             torch.manual_seed(config.seed)

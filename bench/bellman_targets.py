@@ -67,7 +67,7 @@ import torch  # noqa: E402
 _onecore.pin_torch()
 
 from mtopt.core.bellman import bellman_targets, bellman_targets_naive  # noqa: E402
-from mtopt.core.config import MTOptConfig  # noqa: E402
+from mtopt.core.config import TOWER_STEMS, MTOptConfig  # noqa: E402
 from mtopt.core.networks import QNetwork  # noqa: E402
 from mtopt.robot import is_terminate  # noqa: E402
 from mtopt.sim import ScriptedPolicy, TabletopSim  # noqa: E402
@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of the batched version")
     parser.add_argument("--batch", type=int, default=None, help="batched batch size (default 128 cpu, 1024 cuda)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tower-stem", choices=list(TOWER_STEMS), default="patch4", help="the Q-network's tower stem")
     parser.add_argument("--malloc-tuned", action="store_true",
                         help="diagnostic: rerun with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ = 1 GiB")
     args = parser.parse_args()
@@ -199,8 +200,8 @@ def main() -> None:
           f"threads={torch.get_num_threads()}/{torch.get_num_interop_threads()}", flush=True)
 
     torch.manual_seed(args.seed)
-    q1 = QNetwork(NUM_TASK_SLOTS, image_size=config.image_size, channels=config.channels).eval()
-    q2 = QNetwork(NUM_TASK_SLOTS, image_size=config.image_size, channels=config.channels).eval()
+    q1 = QNetwork(NUM_TASK_SLOTS, image_size=config.image_size, channels=config.channels, stem=args.tower_stem).eval()
+    q2 = QNetwork(NUM_TASK_SLOTS, image_size=config.image_size, channels=config.channels, stem=args.tower_stem).eval()
 
     t0 = time.perf_counter()
     data = collect_transitions(batch * n_batches, args.seed)
@@ -244,6 +245,7 @@ def main() -> None:
     ratio = value / baseline
     result = {
         "bench": "bellman_targets",
+        "tower_stem": args.tower_stem,
         "value": round(value, 1),
         "unit": "targets/s",
         "baseline": round(baseline, 2),

@@ -42,7 +42,7 @@ _onecore.pin_torch()
 import onnxruntime as ort  # noqa: E402
 
 from mtopt.core.cem import cem_argmax  # noqa: E402
-from mtopt.core.config import MTOptConfig  # noqa: E402
+from mtopt.core.config import TOWER_STEMS, MTOptConfig  # noqa: E402
 from mtopt.core.export import HEAD_FILE, TOWER_FILE, export_onnx_bytes  # noqa: E402
 from mtopt.core.networks import QNetwork  # noqa: E402
 from mtopt.core.policy import CEMPolicy  # noqa: E402
@@ -135,6 +135,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short run (< 1 minute)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tower-stem", choices=list(TOWER_STEMS), default="patch4", help="the Q-network's tower stem")
     args = parser.parse_args()
 
     # naive is ~10-20x slower: it gets fewer observations per repeat
@@ -145,7 +146,7 @@ def main() -> None:
           f"onnxruntime={ort.__version__}", flush=True)
     config = MTOptConfig()
     torch.manual_seed(args.seed)
-    q = QNetwork(NUM_TASK_SLOTS, image_size=config.image_size, channels=config.channels).eval()
+    q = QNetwork(NUM_TASK_SLOTS, image_size=config.image_size, channels=config.channels, stem=args.tower_stem).eval()
     observations = collect_observations(n_obs, args.seed)
     held = sum(float(o.state[1]) for o, _ in observations)
     print(f"  {len(observations)} simulator observations ({held:.0f} holding an object), "
@@ -185,6 +186,7 @@ def main() -> None:
     value, torch_ms, baseline = med["onnx"], med["torch"], med["naive"]
     result = {
         "bench": "cem_policy",
+        "tower_stem": args.tower_stem,
         "value": round(value, 4),
         "unit": "ms/step",
         "baseline": round(baseline, 4),

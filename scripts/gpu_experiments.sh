@@ -6,9 +6,10 @@
 #   bash scripts/gpu_experiments.sh OUTDIR [TIME_LIMIT_S] [compare|long|single|sd|stem]
 #
 # `single` gives the whole machine to one run of the full method (seed 0, evaluated every 100
-# iterations): with 4-5 runs at once each got ~35 train steps/s, while the step alone runs at
-# ~147/s (docs/results.md section 5), so one run reaches several times the steps in the same
-# device time. The 13-task curves were still rising at 11,400 steps.
+# iterations). Measured on an H200 (docs/results.md 1a): one run alone got 49 train steps/s, two
+# at once 54 each, so the loop is bound per process and a set of 2-3 runs costs no more device
+# time than one. `sd` compares the initial SD's training length; `stem` runs the conv2 tower
+# stem (docs/results.md 1e) on two seeds next to the default.
 #
 # Runs from the repository root with the package on PYTHONPATH (no install needed where torch,
 # numpy, opencv, pyyaml, tqdm and matplotlib are present). Each run stops its RL loop after

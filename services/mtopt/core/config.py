@@ -24,7 +24,8 @@ class MTOptConfig:
     """Ablation only: one output head per task instead of the one-hot-conditioned shared head."""
     tower_stem: str = "patch4"
     """First layers of the conv tower (TOWER_STEMS), for the Q-network and the SD.
-    `conv2` learns the shape tasks faster (docs/results.md 1e); the services build `patch4`."""
+    `conv2` learned the shape tasks faster (docs/results.md 1e); the services take it from
+    MTOPT_TRAINER_TOWER_STEM and MTOPT_SUCCESS_DETECTOR_TOWER_STEM."""
 
     # -- CEM (QT-Opt) --
     cem_iterations: int = 2

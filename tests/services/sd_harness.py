@@ -110,9 +110,9 @@ class SdHarness(ServiceHarness):
             time.sleep(0.05)
 
     def train_ready_version(self, images, tasks: Sequence[str], labels: Sequence[bool], steps: int = 0,
-                            promote: bool = True, timeout: float = 120) -> int:
+                            promote: bool = True, timeout: float = 120, ids: Sequence[str] | None = None) -> int:
         """Adds the examples, trains a version on their tasks, waits for READY; returns the version."""
-        self.add_examples(images, tasks, labels)
+        self.add_examples(images, tasks, labels, ids)
         version = self.train(tasks=sorted(set(tasks)), steps=steps, promote=promote).version
         self.wait_version(version, timeout)
         return version

@@ -67,7 +67,7 @@ import torch  # noqa: E402
 _onecore.pin_torch()
 
 from mtopt.core.bellman import bellman_targets, bellman_targets_naive  # noqa: E402
-from mtopt.core.config import TOWER_STEMS, MTOptConfig  # noqa: E402
+from mtopt.core.config import DEFAULT_TOWER_STEM, TOWER_STEMS, MTOptConfig  # noqa: E402
 from mtopt.core.networks import QNetwork  # noqa: E402
 from mtopt.robot import is_terminate  # noqa: E402
 from mtopt.sim import ScriptedPolicy, TabletopSim  # noqa: E402
@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of the batched version")
     parser.add_argument("--batch", type=int, default=None, help="batched batch size (default 128 cpu, 1024 cuda)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tower-stem", choices=list(TOWER_STEMS), default="patch4", help="the Q-network's tower stem")
+    parser.add_argument("--tower-stem", choices=list(TOWER_STEMS), default=DEFAULT_TOWER_STEM, help="the Q-network's tower stem")
     parser.add_argument("--malloc-tuned", action="store_true",
                         help="diagnostic: rerun with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ = 1 GiB")
     args = parser.parse_args()

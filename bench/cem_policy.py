@@ -42,7 +42,7 @@ _onecore.pin_torch()
 import onnxruntime as ort  # noqa: E402
 
 from mtopt.core.cem import cem_argmax  # noqa: E402
-from mtopt.core.config import TOWER_STEMS, MTOptConfig  # noqa: E402
+from mtopt.core.config import DEFAULT_TOWER_STEM, TOWER_STEMS, MTOptConfig  # noqa: E402
 from mtopt.core.export import HEAD_FILE, TOWER_FILE, export_onnx_bytes  # noqa: E402
 from mtopt.core.networks import QNetwork  # noqa: E402
 from mtopt.core.policy import CEMPolicy  # noqa: E402
@@ -135,7 +135,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short run (< 1 minute)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tower-stem", choices=list(TOWER_STEMS), default="patch4", help="the Q-network's tower stem")
+    parser.add_argument("--tower-stem", choices=list(TOWER_STEMS), default=DEFAULT_TOWER_STEM, help="the Q-network's tower stem")
     args = parser.parse_args()
 
     # naive is ~10-20x slower: it gets fewer observations per repeat

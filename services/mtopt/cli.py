@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 
-from mtopt.core.config import TOWER_STEMS
+from mtopt.core.config import DEFAULT_TOWER_STEM, TOWER_STEMS
 
 
 def _experiment(args: argparse.Namespace) -> int:
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--no-rebalance", action="store_true", help="ablation: sample batches in data proportions")
     exp.add_argument("--single-task", action="store_true", help="ablation: one network per task, same total budget")
     exp.add_argument("--multi-head", action="store_true", help="ablation: per-task output heads instead of one-hot")
-    exp.add_argument("--tower-stem", choices=list(TOWER_STEMS), default="patch4",
+    exp.add_argument("--tower-stem", choices=list(TOWER_STEMS), default=DEFAULT_TOWER_STEM,
                      help="first layers of the conv tower (Q-network and SD): conv2 sees object shape better, ~3x the tower's cost")
     exp.add_argument("--success-fraction", type=float, default=0.5)
     exp.add_argument("--gamma", type=float, default=0.9, help="discount factor")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 IMPERSONATION_MODES = ("orig", "all", "skill")
-TOWER_STEMS = ("patch4", "conv2")
+DEFAULT_TOWER_STEM = "patch4"
+TOWER_STEMS = (DEFAULT_TOWER_STEM, "conv2")
 """Conv tower stems: `patch4` (the default) cuts the image into 4x4 patches (stride 4); `conv2`
 starts with a stride-2 4x4 conv at half resolution, ~3x the tower's arithmetic, and sees an
 object's shape (cube or ball, ~6 px wide at 64 px) that 4x4 patches blur."""
@@ -22,7 +23,7 @@ class MTOptConfig:
     """Width of the conv tower and of the per-position head."""
     multi_head: bool = False
     """Ablation only: one output head per task instead of the one-hot-conditioned shared head."""
-    tower_stem: str = "patch4"
+    tower_stem: str = DEFAULT_TOWER_STEM
     """First layers of the conv tower (TOWER_STEMS), for the Q-network and the SD.
     `conv2` learned the shape tasks faster (docs/results.md 1e); the services take it from
     MTOPT_TRAINER_TOWER_STEM and MTOPT_SUCCESS_DETECTOR_TOWER_STEM."""

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mtopt.core.config import TOWER_STEMS
+from mtopt.core.config import DEFAULT_TOWER_STEM, TOWER_STEMS
 from mtopt.robot import ACTION_DIM, STATE_DIM
 
 
@@ -32,7 +32,7 @@ def canonical_action_t(actions: torch.Tensor) -> torch.Tensor:
 class ConvTower(nn.Module):
     """uint8 NHWC image -> feature map (B, C, H/8, W/8). Adds x/y coordinate planes (CoordConv)."""
 
-    def __init__(self, image_size: int, channels: int, stem: str = "patch4"):
+    def __init__(self, image_size: int, channels: int, stem: str = DEFAULT_TOWER_STEM):
         super().__init__()
         if stem not in TOWER_STEMS:
             raise ValueError(f"stem must be one of {TOWER_STEMS}, got {stem!r}")
@@ -148,7 +148,7 @@ class QNetwork(nn.Module):
     """Multi-task Q(s, a, T) as a logit; `multi_head` is the per-task-heads ablation."""
 
     def __init__(self, num_task_slots: int, image_size: int = 64, channels: int = 32, multi_head: bool = False,
-                 stem: str = "patch4"):
+                 stem: str = DEFAULT_TOWER_STEM):
         super().__init__()
         self.num_task_slots = num_task_slots
         self.multi_head = multi_head
@@ -211,7 +211,7 @@ class QNetwork(nn.Module):
 class SuccessDetectorNet(nn.Module):
     """P(success | final image, task) as a logit: the Q-network's tower, no action input."""
 
-    def __init__(self, num_task_slots: int, image_size: int = 64, channels: int = 32, stem: str = "patch4"):
+    def __init__(self, num_task_slots: int, image_size: int = 64, channels: int = 32, stem: str = DEFAULT_TOWER_STEM):
         super().__init__()
         self.num_task_slots = num_task_slots
         self.tower = ConvTower(image_size, channels, stem)

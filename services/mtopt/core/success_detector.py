@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from mtopt.core.config import DEFAULT_TOWER_STEM
 from mtopt.core.networks import SuccessDetectorNet
 from mtopt.tasks import TaskCatalogue
 
@@ -74,7 +75,7 @@ class SuccessDetector:
     """
 
     def __init__(self, num_task_slots: int, image_size: int = 64, channels: int = 32, device: str = "cpu",
-                 stem: str = "patch4"):
+                 stem: str = DEFAULT_TOWER_STEM):
         self.net = SuccessDetectorNet(num_task_slots, image_size, channels, stem).to(device)
         self.device = device
         self.version = 0

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from mtopt.core.config import TOWER_STEMS
+from mtopt.core.config import DEFAULT_TOWER_STEM, TOWER_STEMS
 from mtopt.serving.config import check, from_env
 from mtopt.serving.s3 import S3Settings, check_s3_settings, read_s3_credentials
 
@@ -45,7 +45,7 @@ class SuccessDetectorConfig(S3Settings):
     """Side of the square RGB final images the SD takes (examples and Classify images must match)."""
     channels: int = 32
     """Width of the SD network's conv tower (new versions; a loaded version keeps its own)."""
-    tower_stem: str = "patch4"
+    tower_stem: str = DEFAULT_TOWER_STEM
     """First layers of the SD's conv tower for new versions: patch4 or conv2 (sees object shape better)."""
     train_steps: int = 1500
     """Default gradient steps of a TrainVersion that asks for 0."""

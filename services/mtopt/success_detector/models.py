@@ -22,6 +22,7 @@ from typing import Awaitable, Callable
 
 import torch
 
+from mtopt.core.config import DEFAULT_TOWER_STEM
 from mtopt.core.success_detector import SuccessDetector
 from mtopt.success_detector.errors import Precondition
 from mtopt.success_detector.storage import VersionRecord
@@ -31,11 +32,11 @@ ARTIFACT = "sd.pt"
 SERVING_ALIAS = "serving"
 
 
-def network_kwargs(num_task_slots: int, image_size: int, channels: int, stem: str = "patch4") -> dict:
+def network_kwargs(num_task_slots: int, image_size: int, channels: int, stem: str = DEFAULT_TOWER_STEM) -> dict:
     """The SD net's constructor arguments as stored in labels["network"] (`stem` only when not the default,
     so versions published before the option existed read the same)."""
     network = {"num_task_slots": int(num_task_slots), "image_size": int(image_size), "channels": int(channels)}
-    if stem != "patch4":
+    if stem != DEFAULT_TOWER_STEM:
         network["stem"] = str(stem)
     return network
 
@@ -50,7 +51,7 @@ def build_detector(network: dict, weights: bytes | None, device: str) -> Success
     """A `SuccessDetector` with the given net kwargs and ``sd.pt`` weights (never unpickles objects);
     without weights, freshly initialised for training."""
     sd = SuccessDetector(int(network["num_task_slots"]), int(network["image_size"]), int(network["channels"]), device=device,
-                         stem=network.get("stem", "patch4"))
+                         stem=network.get("stem", DEFAULT_TOWER_STEM))
     if weights is not None:
         state = torch.load(io.BytesIO(weights), map_location=device, weights_only=True)
         sd.net.load_state_dict(state)
@@ -109,6 +110,6 @@ def parse_network(labels) -> dict:
     raw = labels.get("network", "")
     try:
         network = json.loads(raw)
-        return network_kwargs(network["num_task_slots"], network["image_size"], network["channels"], network.get("stem", "patch4"))
+        return network_kwargs(network["num_task_slots"], network["image_size"], network["channels"], network.get("stem", DEFAULT_TOWER_STEM))
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"registry version has no valid labels['network'] ({raw!r}): {e}") from None

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from mtopt.core.config import DEFAULT_TOWER_STEM
 from mtopt.core.success_detector import LabelledExamples, SuccessDetector
 from mtopt.episode_codec import decode_image
 from mtopt.success_detector.models import ARTIFACT, MODEL, SERVING_ALIAS, build_detector, network_kwargs, weights_bytes
@@ -44,7 +45,7 @@ class TrainSettings:
     threshold: float
     device: str
     seed: int = 0
-    tower_stem: str = "patch4"
+    tower_stem: str = DEFAULT_TOWER_STEM
 
 
 @dataclasses.dataclass

@@ -27,6 +27,7 @@ import torch
 from mtopt.core.bellman import TargetNetworks
 from mtopt.core.export import export_onnx_bytes
 from mtopt.core.learner import Learner, TargetBatch
+from mtopt.core.config import DEFAULT_TOWER_STEM
 from mtopt.core.networks import QNetwork
 from mtopt.model_registry.client import RegistryClient
 from mtopt.robot import ACTION_DIM, STATE_DIM
@@ -73,7 +74,7 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.network = {"num_task_slots": catalogue.num_slots, "image_size": config.image_size, "channels": config.channels,
                         "multi_head": config.multi_head}
-        if config.tower_stem != "patch4":  # versions published before the option existed keep their label
+        if config.tower_stem != DEFAULT_TOWER_STEM:  # versions published before the option existed keep their label
             self.network["stem"] = config.tower_stem
         self.network_label = json.dumps(self.network, sort_keys=True)
         with torch.random.fork_rng(devices=[]):  # seeded initial weights without touching the process's RNG

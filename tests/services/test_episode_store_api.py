@@ -71,7 +71,8 @@ def test_upload_get_list_watch_round_trip(store):
         reply = store.upload(data, chunk_size=1000)
         assert not reply.already_existed
         assert reply.episode.episode_id == ep.episode_id and reply.episode.size_bytes == len(data)
-        assert reply.episode.storage_key.startswith("episodes/by-id/") and reply.episode.storage_key.endswith(f"/{ep.episode_id}.pb")
+        # layout v3: the bytes sit in the commit-log segment, after its header
+        assert reply.episode.storage_key.startswith("index/log/date=") and reply.episode.storage_offset > 0
 
     got = store.stub.GetEpisode(es_pb.GetEpisodeRequest(episode_id=episodes[0].episode_id), timeout=10)
     assert got.episode.SerializeToString() == blobs[0]

@@ -1,9 +1,10 @@
-"""Group commit of episode_store: shared commit-log batches, late batches, another writer's
-batch in flight, layout v1 data, and watches over several replicas on one bucket."""
+"""Group commit of episode_store: shared commit-log segments, late segments, concurrent segment
+writes, layouts v1 and v2 data, and watches over several replicas on one bucket."""
 
 from __future__ import annotations
 
-import threading
+import hashlib
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,9 +13,7 @@ import pytest
 from store_harness import encode, make_episode
 from test_episode_store_api import STORED, Watcher
 from test_episode_store_storage import new_episode, open_backend  # noqa: F401 - fixture
-from mtopt.episode_store.layout import (
-    LOG_PREFIX, MOVED_PREFIX, EpisodeRecord, by_id_key, data_key, parse_batch_name,
-)
+from mtopt.episode_store.layout import LOG_PREFIX, EpisodeRecord, batch_name, by_id_key, data_key, parse_batch_name
 from mtopt.episode_store.storage import EpisodeConflictError, LocalDirBackend, MinioBackend, StorageUnavailableError
 from mtopt.v1 import episode_store_pb2 as es_pb
 
@@ -68,12 +67,26 @@ def test_layout_v1_episodes_stay_readable_and_idempotent(open_backend):
     assert [r.episode_id for r in rest] == [new.episode_id]
 
 
-class SlowDataWrites(MinioBackend):
-    delay_s = 0.0
-
-    def _put_if_absent(self, key, data, meta=None):
-        time.sleep(self.delay_s)
-        return super()._put_if_absent(key, data, meta)
+def test_layout_v2_episodes_stay_readable_and_idempotent(open_backend):
+    """A bucket written before segments: one data object per episode, JSON batches."""
+    backend = open_backend()
+    old, old_data = new_episode(1)
+    name = batch_name(1_700_000_000_000_000_000, "0123456789abcdef")
+    backend.put_object(data_key(old.episode_id), old_data)
+    record = {**old.__dict__, "metadata": dict(old.metadata), "storage_key": data_key(old.episode_id)}
+    backend.put_object(LOG_PREFIX + name, json.dumps({"v": 2, "records": [record]}).encode())
+    backend = open_backend()  # a store started on v2 data
+    got = backend.get(old.episode_id)
+    assert got.storage_key == data_key(old.episode_id) and got.data_offset == 0 and got.cursor == f"{name}/00000"
+    assert backend.fetch(old.episode_id) == (got, old_data)
+    assert backend.put(old, old_data).already_existed
+    with pytest.raises(EpisodeConflictError):
+        backend.put(*new_episode(1, data=b"other bytes"))
+    new = backend.put(*new_episode(2)).record
+    records, _, end = backend.scan_log("", 100)
+    assert [r.episode_id for r in records] == [old.episode_id, new.episode_id] and end
+    assert [r.episode_id for r in backend.scan_log(got.cursor, 100)[0]] == [new.episode_id]
+    assert hashlib.sha256(backend.read(records[1])).hexdigest() == records[1].sha256
 
 
 class SlowLogWrites(MinioBackend):
@@ -91,43 +104,25 @@ def minio_backend(minio, bucket, cls=MinioBackend, **kwargs):
     return backend
 
 
-def test_a_late_batch_is_written_under_a_fresh_name(minio_server):
+def test_a_late_segment_is_written_under_a_fresh_name(minio_server):
     bucket = minio_server.new_bucket_name()
-    slow = minio_backend(minio_server, bucket, SlowDataWrites, settle_s=0.2)
-    slow.delay_s = 0.15  # longer than settle_s / 2: watchers of other replicas may have passed its name
+
+    class LateSegment(MinioBackend):
+        def _write(self, batch):
+            time.sleep(0.15)  # longer than settle_s / 2: watchers of other replicas may have passed its name
+            super()._write(batch)
+
+    slow = minio_backend(minio_server, bucket, LateSegment, settle_s=0.2)
     new, data = new_episode(1)
     before = time.time_ns()
     result = slow.put(new, data)
     (key,) = log_keys(slow)
     assert result.record.stored_ns > before + 0.1e9 and key == LOG_PREFIX + result.record.cursor.rsplit("/", 1)[0]
-    reader = minio_backend(minio_server, bucket)  # no cache: follows index/moved/ from the data object's metadata
-    assert len(list(reader.client.list_objects(bucket, prefix=MOVED_PREFIX, recursive=True))) == 1
+    reader = minio_backend(minio_server, bucket)  # no cache: the index is read from the log
     assert reader.get(new.episode_id) == result.record
     assert reader.put(new, data).already_existed
     assert [r.episode_id for r in reader.scan_log("", 10)[0]] == [new.episode_id]
     for b in (slow, reader):
-        b.close()
-
-
-def test_a_reupload_waits_for_another_writers_batch_in_flight(minio_server):
-    bucket = minio_server.new_bucket_name()
-    writer = minio_backend(minio_server, bucket, SlowLogWrites, settle_s=0.0)
-    writer.delay_s = 0.5
-    other = minio_backend(minio_server, bucket, settle_s=0.0)
-    new, data = new_episode(1)
-    first = []
-    t = threading.Thread(target=lambda: first.append(writer.put(new, data)))
-    t.start()
-    deadline = time.monotonic() + 10
-    while other._head(data_key(new.episode_id)) is None:  # the data object is written, its batch not yet
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    assert other.get(new.episode_id) is None  # not committed yet: invisible
-    again = other.put(new, data)
-    t.join(10)
-    assert again.already_existed and not first[0].already_existed and again.record == first[0].record
-    assert [r.episode_id for r in other.scan_log("", 10)[0]] == [new.episode_id]
-    for b in (writer, other):
         b.close()
 
 
@@ -177,33 +172,34 @@ def test_concurrent_uploads_through_the_service_are_group_committed(make_store):
     batches = store.metric("mtopt_episode_store_commit_batches_total")
     assert 1 <= batches == store.metric("mtopt_episode_store_commit_batch_episodes_count") < len(episodes)
     assert sorted(s.episode_id for s in store.list_all()) == sorted(e.episode_id for e in episodes)
-    store.restart()  # nothing acknowledged is lost, and the batches read back the same
+    store.restart()  # nothing acknowledged is lost, and the segments read back the same
+    assert store.metric("mtopt_episode_store_indexed_episodes") == len(episodes)  # loaded before SERVING
     assert sorted(s.episode_id for s in store.list_all()) == sorted(e.episode_id for e in episodes)
     for e in episodes[:3]:
         assert store.stub.GetEpisode(es_pb.GetEpisodeRequest(episode_id=e.episode_id), timeout=10).episode.episode_id == e.episode_id
 
 
-def test_a_stuck_data_write_does_not_hold_the_other_uploads(backend_kind, tmp_path, request):
+def test_a_stuck_segment_write_does_not_hold_the_other_uploads(backend_kind, tmp_path, request):
     base = LocalDirBackend if backend_kind == "local" else MinioBackend
 
-    class OneSlowUpload(base):
-        straggler_s = 0.2
+    class OneSlowSegment(base):
+        gather_s = 0.0
 
-        def _put_if_absent(self, key, data, meta=None):
-            if key == data_key("ep-0000"):
-                time.sleep(1.0)  # one S3 request hangs; its batch is written without it
-            return super()._put_if_absent(key, data, meta)
+        def _put(self, key, data, meta=None):
+            if key.startswith(LOG_PREFIX) and b'"ep-0000"' in data[:4096]:
+                time.sleep(1.0)  # one storage request hangs; later segments are written meanwhile
+            return super()._put(key, data, meta)
 
     if backend_kind == "local":
-        backend = OneSlowUpload(tmp_path / "store", fsync=False)
+        backend = OneSlowSegment(tmp_path / "store", fsync=False)
     else:
         minio = request.getfixturevalue("minio_server")
-        backend = minio_backend(minio, minio.new_bucket_name(), OneSlowUpload, settle_s=0.0)
+        backend = minio_backend(minio, minio.new_bucket_name(), OneSlowSegment, settle_s=0.0)
     done: dict[str, float] = {}
 
     def upload(i):
         if i:
-            time.sleep(0.05)  # join the slow upload's batch
+            time.sleep(0.1)  # after the slow upload's segment was sealed
         result = backend.put(*new_episode(i))
         done[result.record.episode_id] = time.monotonic()
         return result
@@ -214,6 +210,7 @@ def test_a_stuck_data_write_does_not_hold_the_other_uploads(backend_kind, tmp_pa
     assert max(done[f"ep-{i:04d}"] for i in (1, 2, 3)) < done["ep-0000"] - 0.3
     records, _, _ = backend.scan_log("", 100)
     assert sorted(r.episode_id for r in records) == [f"ep-{i:04d}" for i in range(4)]
-    assert backend.get("ep-0000") == results[0].record and results[0].record.stored_ns > results[1].record.stored_ns
+    assert [r.cursor for r in records] == sorted(r.cursor for r in records)
+    assert backend.get("ep-0000") == results[0].record and results[0].record.stored_ns < results[1].record.stored_ns
     assert backend.put(*new_episode(0)).already_existed
     backend.close()

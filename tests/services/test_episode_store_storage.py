@@ -1,13 +1,17 @@
-"""The storage backends directly: commit protocol, idempotency, crash recovery, listing."""
+"""The storage backends directly: commit protocol, idempotency, crash recovery, listing, the
+id index across replicas and restarts."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mtopt.episode_store.layout import DATA_PREFIX, LOG_PREFIX, NewEpisode, position_cursor
+from mtopt.episode_store.layout import LOG_PREFIX, NewEpisode, position_cursor, segment_header_length
+from mtopt.episode_store.log_reader import HEADER_READ_BYTES
 from mtopt.episode_store.storage import EpisodeConflictError, LocalDirBackend, MinioBackend, StorageUnavailableError
 
 
@@ -73,7 +77,9 @@ def test_put_get_read_and_idempotency(open_backend):
     new, data = new_episode(1)
     first = backend.put(new, data)
     assert not first.already_existed
-    assert first.record.storage_key == f"episodes/by-id/{hashlib.sha256(b'ep-0001').hexdigest()[:2]}/ep-0001.pb"
+    # layout v3: the bytes live in the commit-log segment that lists the episode
+    assert first.record.storage_key == LOG_PREFIX + first.record.cursor.rsplit("/", 1)[0]
+    assert first.record.data_offset > 0 and backend._get(first.record.storage_key).endswith(data)
     assert backend.get("ep-0001") == first.record
     assert backend.read(first.record) == data
     again = backend.put(new, data)
@@ -112,37 +118,40 @@ def test_scan_log_orders_filters_and_pages(open_backend):
     assert [r.episode_id for r in after_position] == [r.episode_id for r in records[6:]]
 
 
-def test_crash_before_the_data_object_leaves_nothing_visible(open_backend):
-    backend = open_backend(crash=True)
-    new, data = new_episode(1)
-    backend.crash_on = DATA_PREFIX
-    with pytest.raises(Crash):
-        backend.put(new, data)
-    restarted = open_backend()
-    assert restarted.get(new.episode_id) is None
-    assert restarted.scan_log("", 10)[0] == []
-    result = restarted.put(new, data)  # the robot's retry
-    assert not result.already_existed
-    assert [r.episode_id for r in restarted.scan_log("", 10)[0]] == [new.episode_id]
-
-
-def test_crash_before_the_log_entry_is_repaired_by_the_retry(open_backend):
+def test_crash_before_the_segment_is_written_leaves_nothing_visible(open_backend):
     backend = open_backend(crash=True)
     new, data = new_episode(1)
     backend.put(*new_episode(0))
     backend.crash_on = LOG_PREFIX
     with pytest.raises(Crash):
         backend.put(new, data)
+    assert backend.get(new.episode_id) is None
     restarted = open_backend()
-    assert [r.episode_id for r in restarted.scan_log("", 10)[0]] == ["ep-0000"]  # not listed
-    assert restarted.get(new.episode_id) is None  # nor readable
-    result = restarted.put(new, data)
-    assert result.already_existed
-    listed = restarted.scan_log("", 10)[0]
-    assert [r.episode_id for r in listed] == ["ep-0000", "ep-0001"]  # listed once, at a new position
-    assert restarted.get(new.episode_id) == result.record == listed[1]
-    assert restarted.put(new, data).already_existed
-    assert len(restarted.scan_log("", 10)[0]) == 2
+    assert restarted.get(new.episode_id) is None
+    assert [r.episode_id for r in restarted.scan_log("", 10)[0]] == ["ep-0000"]
+    result = restarted.put(new, data)  # the robot's retry
+    assert not result.already_existed
+    assert [r.episode_id for r in restarted.scan_log("", 10)[0]] == ["ep-0000", "ep-0001"]
+
+
+def test_crash_after_the_segment_before_the_ack_is_found_by_the_retry(open_backend):
+    backend = open_backend()
+    new, data = new_episode(1)
+
+    def die(_episodes):
+        raise Crash("after the segment was written")
+
+    backend.on_commit = die
+    with pytest.raises(Crash):
+        backend.put(new, data)  # never acknowledged, but durable
+    restarted = open_backend()  # its index is read from the log
+    committed = restarted.get(new.episode_id)
+    assert committed is not None and restarted.read(committed) == data
+    result = restarted.put(new, data)  # the robot's retry
+    assert result.already_existed and result.record == committed
+    with pytest.raises(EpisodeConflictError):
+        restarted.put(*new_episode(1, data=b"other bytes"))
+    assert [r.episode_id for r in restarted.scan_log("", 10)[0]] == [new.episode_id]
 
 
 def test_horizon_stays_below_commits_in_flight(open_backend):
@@ -168,11 +177,33 @@ def test_local_directory_has_one_owner_and_no_stale_temp_files(tmp_path):
         reopened.close()
 
 
-def test_two_replicas_racing_on_one_id_commit_it_once(minio_server):
+def replicas_on(minio_server, n: int, **kwargs) -> list[MinioBackend]:
     bucket = minio_server.new_bucket_name()
-    replicas = [MinioBackend(minio_server.endpoint, bucket, minio_server.access_key, minio_server.secret_key, settle_s=0.0)
-                for _ in range(2)]
-    replicas[0].ping()
+    out = [MinioBackend(minio_server.endpoint, bucket, minio_server.access_key, minio_server.secret_key, settle_s=0.0, **kwargs)
+           for _ in range(n)]
+    out[0].ping()
+    return out
+
+
+def test_an_id_stored_through_one_replica_is_known_to_the_others(minio_server):
+    first, second = replicas_on(minio_server, 2, refresh_s=0.0)
+    new, data = new_episode(1)
+    assert second.get(new.episode_id) is None  # loads its index (empty)
+    stored = first.put(new, data)
+    assert second.get(new.episode_id) == stored.record  # found by refreshing the index
+    again = second.put(new, data)
+    assert again.already_existed and again.record == stored.record
+    with pytest.raises(EpisodeConflictError):
+        second.put(*new_episode(1, data=b"other bytes"))
+    for r in (first, second):
+        r.close()
+
+
+def test_two_replicas_racing_on_one_id_list_it_once(minio_server):
+    # refresh_s: the replicas do not see each other's commits in time, so both commit the id
+    first, second = replicas_on(minio_server, 2, refresh_s=3600)
+    for r in (first, second):
+        r.load_index()
     new, data = new_episode(1)
     results, barrier = [], threading.Barrier(4)
 
@@ -180,14 +211,21 @@ def test_two_replicas_racing_on_one_id_commit_it_once(minio_server):
         barrier.wait()
         results.append(backend.put(new, data))
 
-    threads = [threading.Thread(target=upload, args=(replicas[i % 2],)) for i in range(4)]
+    threads = [threading.Thread(target=upload, args=((first, second)[i % 2],)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(30)
-    assert sorted(r.already_existed for r in results) == [False, True, True, True]
-    assert [r.episode_id for r in replicas[1].scan_log("", 10)[0]] == [new.episode_id]
-    for r in replicas:
+    assert len(results) == 4 and sorted(r.already_existed for r in results) == [False, False, True, True]
+    assert len([k for k in first._list_log("", 100)]) == 2  # committed twice ...
+    winner = min((r.record for r in results), key=lambda r: r.cursor)
+    fresh = MinioBackend(minio_server.endpoint, first.bucket, minio_server.access_key, minio_server.secret_key, settle_s=0.0)
+    for reader in (first, second, fresh):  # ... but every reader lists and reads it once, the first
+        listed = reader.scan_log("", 10)[0]
+        assert [r.cursor for r in listed] == [winner.cursor]
+        assert reader.scan_log("", 10, max_stored_ns=reader.horizon_ns())[0] == listed  # the watch path too
+        assert reader.get(new.episode_id) == winner and reader.read(winner) == data
+    for r in (first, second, fresh):
         r.close()
 
 
@@ -196,3 +234,22 @@ def test_unreachable_minio_is_unavailable_not_a_crash():
     with pytest.raises(StorageUnavailableError, match="127.0.0.1:9"):
         backend.ping()
     backend.close()
+
+
+def test_a_segment_header_longer_than_the_first_read_is_read_whole(open_backend):
+    backend = open_backend()
+    backend.gather_s = 0.5  # one segment for all of them
+    episodes = []
+    for i in range(48):
+        new, data = new_episode(i)
+        episodes.append((dataclasses.replace(new, metadata={"note": "x" * 600, "i": str(i)}), data))
+    with ThreadPoolExecutor(48) as pool:
+        results = list(pool.map(lambda e: backend.put(*e), episodes))
+    (key,) = list(backend._list_log("", 10))
+    assert segment_header_length(backend._get_range(key, 0, 64)) > HEADER_READ_BYTES
+    reopened = open_backend()  # no cache: the index is built from the segment's header
+    reopened.load_index()
+    assert reopened.indexed_episodes == len(episodes)
+    for (new, data), result in zip(episodes, results):
+        assert reopened.get(new.episode_id) == result.record and reopened.read(result.record) == data
+    assert sorted(r.episode_id for r in reopened.scan_log("", 100)[0]) == sorted(e.episode_id for e, _ in episodes)

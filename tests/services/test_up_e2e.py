@@ -18,7 +18,9 @@ import sys
 
 import pytest
 
+from mtopt.episode_store.layout import LOG_PREFIX, decode_batch
 from mtopt.serving.s3 import make_minio_client
+from mtopt.v1 import common_pb2
 
 TASKS = ("lift-any", "lift-red", "lift-blue")
 HARD = ("lift-red", "lift-blue")
@@ -39,10 +41,14 @@ def test_mtopt_up_learns_on_minio(minio_server, tmp_path):
     report = json.dumps(summary, indent=1)[:4000]
     assert summary["ok"] and all(code == 0 for code in summary["exit_codes"].values()), report
 
-    # episodes landed in MinIO (the data objects themselves, not just the store's word)
+    # episodes landed in MinIO (the commit-log segments themselves, not just the store's word)
     client, _ = make_minio_client(minio_server.endpoint, minio_server.access_key, minio_server.secret_key)
-    data_objects = [o for o in client.list_objects(bucket, prefix="episodes/", recursive=True) if o.object_name.endswith(".pb")]
-    assert summary["episodes_stored"] >= 500 and len(data_objects) >= summary["episodes_stored"], report
+    in_segments = 0
+    for o in client.list_objects(bucket, prefix=LOG_PREFIX, recursive=True):
+        body = client.get_object(bucket, o.object_name).read()
+        for r in decode_batch(o.object_name[len(LOG_PREFIX):], body):
+            in_segments += common_pb2.Episode.FromString(body[r.data_offset : r.data_offset + r.size_bytes]).episode_id == r.episode_id
+    assert summary["episodes_stored"] >= 500 and in_segments >= summary["episodes_stored"], report
     assert any(client.list_objects(bucket, prefix="models/q_function/", recursive=True)), "no Q-function versions in MinIO"
 
     # two Bellman workers computed targets; the trainer trained and published versions

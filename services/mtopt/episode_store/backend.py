@@ -46,8 +46,8 @@ class EpisodeBackend(abc.ABC):
         """Stores a verified episode and commits it to the log; idempotent on episode_id.
 
         Returns once the commit is durable. Same id and same sha256 as a stored episode:
-        nothing new is listed (an interrupted commit is completed) and ``already_existed`` is
-        True. Same id, other sha256: EpisodeConflictError.
+        nothing new is listed and ``already_existed`` is True. Same id, other sha256:
+        EpisodeConflictError.
         """
 
     @abc.abstractmethod

@@ -1,99 +1,95 @@
 """The commit protocol of episode_store over a few object-store primitives (`ObjectStoreBackend`).
 
-An upload costs one object-store write of its own, the data object, created only if absent
-(that decides which upload of an id wins). Uploads that run at the same time share one
-commit-log write (group commit):
+Uploads that arrive together are committed together, in one object-store write (group
+commit): a **segment** ``index/log/<batch name>`` holding the records of its episodes and then
+their bytes (layout v3, `mtopt.episode_store.layout.encode_segment`). An upload is
+acknowledged once the segment that holds it is written, so an episode is listed, watched and
+readable exactly when it is durable, and a broken upload is never visible.
 
-1. ``put`` joins the open batch, whose name (and stored time) is fixed when it opens, and
-   creates ``episodes/by-id/<hh>/<id>.pb`` with metadata {sha256, commit: <batch name>};
-2. a committer thread closes the batch as soon as it is free and every upload that joined
-   has its data object written, writes ``index/log/<batch name>`` listing them, and only then
-   are those uploads acknowledged. While it writes, new uploads gather in the next batch.
+1. ``put`` checks the id against the id index (`LogReader`: every committed id, from the log)
+   and against the uploads of this process still in flight (a second upload of an id waits for
+   the first), then joins the open batch, whose name (and stored time) is fixed when it opens;
+2. a committer thread closes the batch once it has gathered uploads for ``gather_s`` after the
+   first joined, or at once when it is full, and hands it to one of ``max_writes`` writer
+   threads; while every writer is busy, the open batch keeps gathering (more uploads per write
+   under load). The writer writes the segment, indexes its ids and acknowledges its uploads.
 
-Idempotency without a read on the common path: when the conditional create finds the object
-(S3 412), the store reads its metadata. Other sha256: ALREADY_EXISTS. Same sha256: the batch
-it names says whether it was committed (then ``already_existed``); if that batch was never
-written (a crash), the episode is committed now in a new batch. GetEpisode reads the data
-object (its key follows from the id) and checks that its batch lists it; written batches are
-immutable, so they are cached.
+Idempotency: an id already indexed is ``already_existed`` (same sha256) or EpisodeConflictError
+(other bytes). A crash after a segment was written but before the acknowledgement leaves the
+episode committed; the robot's retry finds it in the index. A crash before it leaves nothing.
 
-Several replicas on one bucket: watchers pass commits older than ``settle_s``. A batch that
-is ready later than ``settle_s / 2`` after its stored time (a slow upload held it) is written
-under a fresh name instead, and ``index/moved/<old name>`` points there for readers of its
-data objects' metadata. A batch named by another writer and not written yet may still be in
-flight: a re-upload waits for it up to ``commit_grace_s`` before it commits the episode anew.
+Several replicas on one bucket: each replica's index follows the other replicas' segments by
+listing the log (`LogReader.refresh_index`, at most every ``refresh_s``, and before every
+watch scan), so an id committed through one replica is found by the others. Two replicas that
+take uploads of one id within that window can both commit it; readers then see only the first
+in log order (the index keeps the first position of every id, and `LogReader.scan_log` skips
+the others), so it is listed, watched and counted once. Watchers pass commits older than
+``settle_s``; a batch that is ready later than ``settle_s / 2`` after its stored time is
+written under a fresh name instead, so they never miss it.
 """
 
 from __future__ import annotations
 
 import abc
-import collections
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable
 
 from mtopt.episode_store.backend import EpisodeBackend, EpisodeConflictError, PutResult, StorageUnavailableError
-from mtopt.episode_store.layout import (
-    LOG_PREFIX,
-    MOVED_PREFIX,
-    EpisodeRecord,
-    NewEpisode,
-    batch_name,
-    data_key,
-    decode_batch,
-    encode_batch,
-    parse_batch_name,
-)
+from mtopt.episode_store.layout import LOG_PREFIX, EpisodeRecord, NewEpisode, batch_name, decode_batch, encode_segment
 from mtopt.episode_store.log_reader import LogReader
 
 
 class _Batch:
-    """Uploads committed by one commit-log object (guarded by the backend's condition)."""
+    """Uploads committed by one segment (guarded by the backend's condition)."""
 
     def __init__(self, ns: int, name: str, private: bool):
         self.ns, self.name, self.private = ns, name, private
         self.opened = time.monotonic()
-        self.closed = False  # the committer took it: uploads finishing now go to a later batch
-        self.pending = 0  # joined, data object not written yet
-        self.entries: list[tuple[NewEpisode, str]] = []
+        self.entries: list[tuple[NewEpisode, bytes]] = []
+        self.nbytes = 0
         self.done = threading.Event()  # set once written (or failed)
         self.error: BaseException | None = None
         self.records: dict[str, EpisodeRecord] = {}
 
 
 class ObjectStoreBackend(LogReader, EpisodeBackend):
-    """Group commit, log reading and layout v1 compatibility over object-store primitives.
+    """Group commit, log reading, the id index and older layouts over object-store primitives.
 
     ``settle_s``: how long a commit may take to appear in the log after its stored time
     (several replicas on one bucket; 0 for a single writer, whose commits in flight are
-    tracked exactly). ``commit_grace_s``: how long another writer's unwritten batch may still
-    be in flight (0: no other writer). ``gather_s``: how long a batch stays open for more
-    uploads after its first one joined (fewer log writes under load, that much more latency).
+    tracked exactly). ``gather_s``: how long a batch stays open for more uploads after its
+    first one joined. ``max_writes``: segment writes in flight at once. ``single_writer``: no
+    other process writes this storage (a local directory), so the index never needs a refresh.
     """
 
     MAX_BATCH = 256
-    straggler_s = 2.0  # how long a batch waits for the data writes of uploads that joined it
+    MAX_BATCH_BYTES = 8 << 20  # a fuller batch is sealed at once
     PRIVATE_BYTES = 1 << 20  # episodes this big commit alone: they would hold a shared batch up
 
-    def __init__(self, settle_s: float = 0.0, commit_grace_s: float = 0.0, gather_s: float = 0.003):
+    def __init__(self, settle_s: float = 0.0, gather_s: float = 0.003, max_writes: int = 4, single_writer: bool = False,
+                 refresh_s: float = 0.25):
         self.settle_s = settle_s
         self.gather_s = gather_s
+        self.max_writes = max_writes
         self._settle_ns = int(settle_s * 1e9)
-        self._grace_ns = int(commit_grace_s * 1e9)
         self._lock = threading.Lock()
         self._last_ns = 0
         self._inflight: set[int] = set()
         self.writer = uuid.uuid4().hex[:16]
         self._cond = threading.Condition()
         self._open: _Batch | None = None
-        self._sealed: collections.deque[_Batch] = collections.deque()
-        self._active: dict[str, _Batch] = {}
+        self._sealed: list[_Batch] = []
+        self._writing = 0
+        self._pending: dict[str, _Batch] = {}  # id -> the batch of its upload in flight
         self._committer: threading.Thread | None = None
+        self._writers: ThreadPoolExecutor | None = None
         self._stopping = False
-        self._init_reader()
+        self._init_reader(single_writer=single_writer, refresh_s=refresh_s)
         self.on_commit: Callable[[int], None] | None = None
-        """Called with the number of episodes of each commit-log batch written (metrics)."""
+        """Called with the number of episodes of each segment written (metrics)."""
 
     # -- primitives ----------------------------------------------------------------------------
     @abc.abstractmethod
@@ -107,6 +103,10 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
     @abc.abstractmethod
     def _get(self, key: str) -> bytes | None:
         """An object's bytes, or None if it does not exist."""
+
+    @abc.abstractmethod
+    def _get_range(self, key: str, offset: int, length: int) -> bytes | None:
+        """Up to ``length`` bytes of an object from ``offset`` (fewer at its end), or None if it does not exist."""
 
     @abc.abstractmethod
     def _get_with_meta(self, key: str) -> tuple[bytes, dict[str, str]] | None:
@@ -165,41 +165,28 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
 
     # -- upload ------------------------------------------------------------------------------
     def put(self, new: NewEpisode, data: bytes) -> PutResult:
+        if len(data) != new.size_bytes:
+            raise ValueError(f"episode {new.episode_id}: {len(data)} bytes, size_bytes says {new.size_bytes}")
+        self.load_index()
         if self._legacy_layout():
             legacy = self._legacy_record(new.episode_id)
             if legacy is not None:
                 self._check_same(new, legacy.sha256)
                 return PutResult(legacy, already_existed=True)
-        key = data_key(new.episode_id)
-        private = len(data) >= self.PRIVATE_BYTES
-        batch = self._join(private)
-        try:
-            created = self._put_if_absent(key, data, {"sha256": new.sha256, "commit": batch.name})
-        except BaseException:
-            self._leave(batch)
-            raise
-        if created:
-            return PutResult(self._commit(batch, new, key, data), already_existed=False)
-        self._leave(batch)
-        meta = self._head(key)
-        if meta is None:
-            raise StorageUnavailableError(f"episode {new.episode_id}: data object {key} vanished while storing it; retry")
-        self._check_same(new, meta.get("sha256", ""))
-        record = self._committed(new.episode_id, meta.get("commit", ""), wait=True)
-        if record is not None:
-            return PutResult(record, already_existed=True)
-        # Its commit was interrupted (crash): commit it now, in a new batch the object names.
-        return PutResult(self._recommit(new, key, data), already_existed=True)
-
-    def _recommit(self, new: NewEpisode, key: str, data: bytes) -> EpisodeRecord:
-        """Rewrites the data object naming a new batch and commits it there."""
-        batch = self._join(len(data) >= self.PRIVATE_BYTES)
-        try:
-            self._put(key, data, {"sha256": new.sha256, "commit": batch.name})
-        except BaseException:
-            self._leave(batch)
-            raise
-        return self._commit(batch, new, key, data)
+        while True:
+            stored = self.lookup(new.episode_id)
+            if stored is not None:
+                self._check_same(new, stored.sha256)
+                return PutResult(stored, already_existed=True)
+            batch = self._join(new, data)
+            if batch is not None:
+                break
+        batch.done.wait()
+        if batch.error is not None:
+            if isinstance(batch.error, StorageUnavailableError):
+                raise StorageUnavailableError(str(batch.error)) from batch.error
+            raise batch.error
+        return PutResult(batch.records[new.episode_id], already_existed=False)
 
     @staticmethod
     def _check_same(new: NewEpisode, stored_sha256: str) -> None:
@@ -211,152 +198,126 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
 
     def _new_batch(self, private: bool) -> _Batch:
         ns = self._begin_commit()
-        batch = _Batch(ns, batch_name(ns, self.writer), private)
-        self._active[batch.name] = batch
-        return batch
+        return _Batch(ns, batch_name(ns, self.writer), private)
 
-    def _join(self, private: bool) -> _Batch:
+    def _join(self, new: NewEpisode, data: bytes) -> _Batch | None:
+        """Adds the upload to a batch; None if an upload of the same id was in flight (it has
+        finished now: look the id up again)."""
         with self._cond:
             if self._stopping:
                 raise StorageUnavailableError("the episode backend is closed (the store is stopping); retry on another replica")
+            other = self._pending.get(new.episode_id)
+            if other is None and self.indexed(new.episode_id):
+                return None  # committed between the caller's lookup and now
+        if other is not None:
+            other.done.wait()
+            return None
+        private = len(data) >= self.PRIVATE_BYTES
+        with self._cond:
+            if self._stopping:
+                raise StorageUnavailableError("the episode backend is closed (the store is stopping); retry on another replica")
+            if new.episode_id in self._pending:
+                return None
             if private:
                 batch = self._new_batch(True)
             else:
                 batch = self._open
-                if batch is None or batch.pending + len(batch.entries) >= self.MAX_BATCH:
-                    if batch is not None:
-                        self._sealed.append(batch)
-                        self._cond.notify()
+                if batch is None:
                     batch = self._open = self._new_batch(False)
-                    if self._committer is None:
-                        self._committer = threading.Thread(target=self._run_committer, name="episode-store-commit", daemon=True)
-                        self._committer.start()
-            batch.pending += 1
-            return batch
-
-    def _leave(self, batch: _Batch) -> None:
-        """The upload will not be in ``batch`` (its data write failed or found the object)."""
-        with self._cond:
-            batch.pending -= 1
-            if batch.pending == 0 and not batch.entries and (batch.private or batch is self._open):
-                if batch is self._open:
-                    self._open = None
-                self._finish(batch, None)
-            self._cond.notify()  # only the committer waits on the condition
-
-    def _finish(self, batch: _Batch, error: BaseException | None) -> None:
-        batch.error = error
-        self._active.pop(batch.name, None)
-        self._end_commit(batch.ns)
-        batch.done.set()
-
-    def _commit(self, batch: _Batch, new: NewEpisode, key: str, data: bytes) -> EpisodeRecord:
-        """Adds a written upload to its batch and returns its record once the batch is durable."""
-        with self._cond:
-            batch.pending -= 1
-            evicted = batch.closed  # the committer stopped waiting for this upload's data write
-            if not evicted:
-                batch.entries.append((new, key))
-            self._cond.notify()  # only the committer waits on the condition
-        if evicted:
-            return self._recommit(new, key, data)
-        if batch.private:
+                    self._start_committer()
+                    self._cond.notify()
+            batch.entries.append((new, data))
+            batch.nbytes += len(data)
+            self._pending[new.episode_id] = batch
+            if not private and (len(batch.entries) >= self.MAX_BATCH or batch.nbytes >= self.MAX_BATCH_BYTES):
+                self._sealed.append(batch)
+                self._open = None
+                self._cond.notify()
+        if private:
             self._write(batch)
-        batch.done.wait()
-        if batch.error is not None:
-            if isinstance(batch.error, StorageUnavailableError):
-                raise StorageUnavailableError(str(batch.error)) from batch.error
-            raise batch.error
-        return batch.records[new.episode_id]
+        return batch
+
+    def _start_committer(self) -> None:
+        if self._committer is None:
+            self._writers = ThreadPoolExecutor(max_workers=self.max_writes, thread_name_prefix="episode-store-segment")
+            self._committer = threading.Thread(target=self._run_committer, name="episode-store-commit", daemon=True)
+            self._committer.start()
 
     def _run_committer(self) -> None:
         while True:
             with self._cond:
                 while True:
-                    if self._sealed:
-                        batch = self._sealed.popleft()
-                        break
+                    batch = None
                     wait_s = None
-                    if self._open is not None and self._open.entries:
-                        # Gather: uploads finishing within gather_s of the first join this batch.
-                        wait_s = self._open.opened + self.gather_s - time.monotonic()
-                        if wait_s <= 0 or self._stopping:
-                            batch, self._open = self._open, None
-                            break
-                    elif self._stopping:
+                    if self._writing < self.max_writes:
+                        if self._sealed:
+                            batch = self._sealed.pop(0)
+                        elif self._open is not None:
+                            wait_s = self._open.opened + self.gather_s - time.monotonic()
+                            if wait_s <= 0 or self._stopping:
+                                batch, self._open = self._open, None
+                    if batch is not None:
+                        self._writing += 1
+                        break
+                    if self._stopping and self._open is None and not self._sealed and self._writing == 0:
                         return
                     self._cond.wait(wait_s)
-                # Uploads that joined are writing their data objects; one stuck S3 request must
-                # not hold every later upload, so stragglers are left to a later batch.
-                deadline = time.monotonic() + self.straggler_s
-                while batch.pending and time.monotonic() < deadline:
-                    self._cond.wait(deadline - time.monotonic())
-                batch.closed = True
-                if not batch.entries:
-                    self._finish(batch, None)
-                    continue
+            self._writers.submit(self._write_shared, batch)
+
+    def _write_shared(self, batch: _Batch) -> None:
+        try:
             self._write(batch)
+        finally:
+            with self._cond:
+                self._writing -= 1
+                self._cond.notify_all()
 
     def _write(self, batch: _Batch) -> None:
-        """Writes the batch's log object (under a fresh name if it is late) and releases its uploads."""
+        """Writes the batch's segment (under a fresh name if it is late) and releases its uploads."""
         error: BaseException | None = None
         late_ns = None
+        records: dict[str, EpisodeRecord] = {}
         try:
             name = batch.name
             if self._settle_ns and time.time_ns() - batch.ns > self._settle_ns // 2:
                 late_ns = self._begin_commit()
                 name = batch_name(late_ns, self.writer)
-                self._put(MOVED_PREFIX + batch.name, name.encode(), {})
-            body = encode_batch(batch.entries)
+            body = encode_segment(batch.entries)
             self._put(LOG_PREFIX + name, body, {})
             records = {r.episode_id: r for r in decode_batch(name, body)}
             self._remember(name, records)
+            self.index_batch(name, records.values())
             if self.on_commit is not None:
                 self.on_commit(len(records))
-            if name != batch.name:
-                self._remember(batch.name, records)
         except BaseException as e:  # reported to every upload of the batch
             error = e
         finally:
             if late_ns is not None:
                 self._end_commit(late_ns)
         with self._cond:
-            if error is None:
-                batch.records = records
-            self._finish(batch, error)
-
-    # -- reading -----------------------------------------------------------------------------
-    def _committed(self, episode_id: str, batch: str, wait: bool) -> EpisodeRecord | None:
-        """The record of ``episode_id`` if batch ``batch`` is written and lists it, else None.
-
-        ``wait``: first wait for the batch if it may still be in flight (ours, or another
-        writer's within ``commit_grace_s`` of its stored time)."""
-        parsed = parse_batch_name(batch)
-        if parsed is None:
-            return None
-        while True:
-            with self._cond:
-                own = self._active.get(batch)
-            if own is not None:
-                if not wait:
-                    return None
-                own.done.wait()
-                return None if own.error is not None else own.records.get(episode_id)
-            records = self._batch_records(batch)
-            if records is not None:
-                return records.get(episode_id)
-            if not wait or parsed[1] == self.writer or time.time_ns() > parsed[0] + self._grace_ns:
-                return None
-            time.sleep(0.05)
+            batch.records = records
+            batch.error = error
+            for new, _ in batch.entries:
+                self._pending.pop(new.episode_id, None)
+            batch.entries = []  # the bytes are written (or failed): do not hold them
+            self._end_commit(batch.ns)
+            batch.done.set()
+            self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         if self._committer is not None and self._committer is not threading.current_thread():
-            self._committer.join(timeout=30)
-        with self._cond:  # batches no committer will write: their uploads fail (and are retried)
-            for batch in list(self._active.values()):
-                if not batch.private:
-                    batch.closed = True
-                    self._finish(batch, StorageUnavailableError("the episode backend closed before this upload was committed; retry"))
+            self._committer.join(timeout=30)  # writes what was gathered, then returns
+        if self._writers is not None:
+            self._writers.shutdown(wait=True)
+        with self._cond:  # anything left (a committer that did not finish): fail, the robot retries
+            leftover = ([self._open] if self._open is not None else []) + self._sealed
+            self._open, self._sealed = None, []
+            for batch in leftover:
+                batch.error = StorageUnavailableError("the episode backend closed before this upload was committed; retry")
+                for new, _ in batch.entries:
+                    self._pending.pop(new.episode_id, None)
+                self._end_commit(batch.ns)
+                batch.done.set()

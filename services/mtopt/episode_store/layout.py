@@ -2,31 +2,25 @@
 
 The same layout is used in a MinIO/S3 bucket and under a local directory (see docs/storage.md)::
 
-    episodes/by-id/<hh>/<episode_id>.pb
-        The serialized mtopt.v1.Episode, exactly the bytes the robot uploaded. <hh> is the first
-        two hex digits of sha256(episode_id), so the key follows from the id alone. Created with
-        "only if absent" (it decides which upload of an id wins) and carrying two metadata
-        fields: its sha256 and ``commit``, the name of the commit-log batch meant to list it.
     index/log/date=YYYY-MM-DD/<stored_ns>+0+<writer>
-        The commit log, one object per *batch* (group commit): JSON with the records of every
-        episode committed together, in order. date is the UTC date of stored_ns (20 digits,
-        nanoseconds since the epoch); writer is the hex id of the store process that wrote it.
-        Names sort in commit order, so ListEpisodes and WatchEpisodes page through the log with
-        "list names after K" and read one object per batch. The cursor of the i-th record of a
-        batch is ``<batch name>/<i:05d>`` (it sorts after its batch, before the next one).
-    index/moved/<batch name>
-        Only for a batch that became ready too late for its name (a slow upload held it longer
-        than half the watch settle time): the name it was written under instead.
+        The commit log, one object per *segment* (group commit, layout v3): the records of the
+        episodes committed together, then their bytes, exactly what the robots uploaded
+        (`encode_segment`). date is the UTC date of stored_ns (20 digits, nanoseconds since the
+        epoch); writer is the hex id of the store process that wrote it. Names sort in commit
+        order, so ListEpisodes and WatchEpisodes page through the log with "list names after K"
+        and read one header per segment. The cursor of the i-th record of a segment is
+        ``<name>/<i:05d>`` (it sorts after its segment, before the next one).
 
-Visibility: an upload writes its data object first, then the batch naming it, and is
-acknowledged only once that batch is written. An episode is listed, watched and readable only
-once a written batch lists it, so a half upload is never visible; a data object whose batch
-never got written (a crash) stays invisible and the robot's retry commits it in a new batch.
+Visibility: an upload is acknowledged once the segment that holds it is written, and an
+episode is listed, watched and readable exactly when a written segment holds it, so a half
+upload is never visible. The id index (`mtopt.episode_store.log_reader`) is built from the log.
 
-Layout v1 (before group commit) is still read: ``episodes/date=.../robot=.../<id>.pb`` data,
-``index/by-id/<hh>/<id>.json`` records and one ``index/log/date=.../<stored_ns>+<end_ns>+<robot>+
-<task>+<episode_id>`` entry per episode (`LogName`). Its log entries and batches share one
-key order, and its cursors stay valid.
+Older layouts are still read, never written. Layout v2: the same log names, each a JSON batch
+of records, and every episode's bytes in ``episodes/by-id/<hh>/<episode_id>.pb`` (<hh>: the
+first two hex digits of sha256(episode_id)); a record's ``storage_key`` says where. Layout v1:
+``episodes/date=.../robot=.../<id>.pb`` data, ``index/by-id/<hh>/<id>.json`` records and one
+``index/log/date=.../<stored_ns>+<end_ns>+<robot>+<task>+<episode_id>`` entry per episode
+(`LogName`). All three share one key order, and cursors of every layout stay valid.
 """
 
 from __future__ import annotations
@@ -40,10 +34,11 @@ from typing import Mapping
 from urllib.parse import quote, unquote
 
 EPISODES_PREFIX = "episodes/"
-DATA_PREFIX = "episodes/by-id/"
+DATA_PREFIX = "episodes/by-id/"  # layout v2 only (read, never written)
 BY_ID_PREFIX = "index/by-id/"  # layout v1 only (read, never written)
 LOG_PREFIX = "index/log/"
-MOVED_PREFIX = "index/moved/"
+SEGMENT_MAGIC = b"MTSEG3\r\n"  # starts a layout v3 segment (a v2 batch starts with "{")
+SEGMENT_PREFIX_BYTES = len(SEGMENT_MAGIC) + 4  # magic + the header's length
 _BATCH_NAME = re.compile(r"^date=(\d{4}-\d{2}-\d{2})/(\d{20})\+0\+([0-9a-f]{1,32})$")
 _BATCH_RECORD = re.compile(r"^(date=\d{4}-\d{2}-\d{2}/\d{20}\+0\+[0-9a-f]{1,32})/(\d{5})$")
 _LOG_NAME = re.compile(r"^date=(\d{4}-\d{2}-\d{2})/(\d{20})\+(\d{20})\+([^+/]*)\+([^+/]*)\+([^+/]+)$")
@@ -58,7 +53,7 @@ def _spread(episode_id: str) -> str:
 
 
 def data_key(episode_id: str) -> str:
-    """episodes/by-id/<hh>/<episode_id>.pb (ids are already safe names)."""
+    """Layout v2's data object of an episode: episodes/by-id/<hh>/<episode_id>.pb."""
     return f"{DATA_PREFIX}{_spread(episode_id)}/{episode_id}.pb"
 
 
@@ -158,6 +153,9 @@ class EpisodeRecord(NewEpisode):
     storage_key: str = ""
     log_position: str = ""
     """Cursor of this record in its commit-log batch (empty for a layout v1 log entry)."""
+    data_offset: int = 0
+    """Where the episode's bytes start in the ``storage_key`` object; 0: the whole object is
+    the episode (layouts v1 and v2). Layout v3 keeps them in the commit-log segment."""
 
     @property
     def log_name(self) -> LogName:
@@ -186,26 +184,51 @@ def position_cursor(ns: int) -> str:
     return f"date={_date(ns)}/{ns:020d}+{'9' * 20}+~+~+~"
 
 
-def encode_batch(entries: list[tuple[NewEpisode, str]]) -> bytes:
-    """A commit-log batch's body: {"v": 2, "records": [NewEpisode fields + storage_key, ...]}."""
-    records = []
-    for new, key in entries:
+def encode_segment(entries: list[tuple[NewEpisode, bytes]]) -> bytes:
+    """A layout v3 commit-log segment: SEGMENT_MAGIC, the header's length (4 bytes, big
+    endian), the header JSON {"v": 3, "records": [NewEpisode fields + offset, ...]}, then every
+    episode's bytes in record order; ``offset`` counts from the end of the header."""
+    records, offset = [], 0
+    for new, data in entries:
+        if len(data) != new.size_bytes:
+            raise ValueError(f"episode {new.episode_id}: {len(data)} bytes, its record says {new.size_bytes}")
         d = dataclasses.asdict(new)
         d["metadata"] = dict(new.metadata)
-        d["storage_key"] = key
+        d["offset"] = offset
+        offset += len(data)
         records.append(d)
-    return json.dumps({"v": 2, "records": records}, sort_keys=True, separators=(",", ":")).encode()
+    header = json.dumps({"v": 3, "records": records}, sort_keys=True, separators=(",", ":")).encode()
+    return b"".join([SEGMENT_MAGIC, len(header).to_bytes(4, "big"), header, *(data for _, data in entries)])
+
+
+def segment_header_length(prefix: bytes) -> int | None:
+    """The header length of a v3 segment from its first SEGMENT_PREFIX_BYTES bytes; None if
+    ``prefix`` does not start a segment (a layout v2 batch is JSON)."""
+    if len(prefix) < SEGMENT_PREFIX_BYTES or not prefix.startswith(SEGMENT_MAGIC):
+        return None
+    return int.from_bytes(prefix[len(SEGMENT_MAGIC) : SEGMENT_PREFIX_BYTES], "big")
 
 
 def decode_batch(name: str, body: bytes) -> list[EpisodeRecord]:
-    """The records of batch ``name`` in commit order, with their stored time and cursors."""
+    """The records of batch ``name`` in commit order, with their stored time and cursors.
+
+    ``body``: a v2 batch (JSON) or at least the header of a v3 segment."""
     parsed = parse_batch_name(name)
     if parsed is None:
         raise ValueError(f"not a commit-log batch name: {name!r}")
+    header_len = segment_header_length(body[:SEGMENT_PREFIX_BYTES])
+    if header_len is not None:
+        header = body[SEGMENT_PREFIX_BYTES : SEGMENT_PREFIX_BYTES + header_len]
+        if len(header) < header_len:
+            raise ValueError(f"segment {name}: {len(header)} of its {header_len} header bytes given")
+    else:
+        header = body
     names = {f.name for f in dataclasses.fields(EpisodeRecord)}
     out = []
-    for i, d in enumerate(json.loads(body)["records"]):
+    for i, d in enumerate(json.loads(header)["records"]):
         fields = {k: v for k, v in d.items() if k in names}
         fields.update(stored_ns=parsed[0], log_position=record_cursor(name, i))
+        if header_len is not None:
+            fields.update(storage_key=LOG_PREFIX + name, data_offset=SEGMENT_PREFIX_BYTES + header_len + d["offset"])
         out.append(EpisodeRecord(**fields))
     return out

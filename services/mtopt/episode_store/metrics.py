@@ -36,11 +36,14 @@ class StoreMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=registry,
         )
         self.commit_batches = Counter(
-            "mtopt_episode_store_commit_batches_total", "Commit-log batches written (group commit of concurrent uploads).", registry=registry
+            "mtopt_episode_store_commit_batches_total", "Commit-log segments written (group commit of concurrent uploads).", registry=registry
         )
         self.commit_batch_episodes = Histogram(
-            "mtopt_episode_store_commit_batch_episodes", "Episodes committed per commit-log batch.",
+            "mtopt_episode_store_commit_batch_episodes", "Episodes committed per commit-log segment.",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry,
+        )
+        self.indexed_episodes = Gauge(
+            "mtopt_episode_store_indexed_episodes", "Episode ids in this replica's id index (memory grows with it).", registry=registry
         )
         self.uploads_in_flight = Gauge("mtopt_episode_store_uploads_in_flight", "Uploads being received or stored.", registry=registry)
         self.watch_streams = Gauge("mtopt_episode_store_watch_streams", "Open WatchEpisodes streams.", registry=registry)

@@ -1,13 +1,13 @@
 """A lean S3 PUT for episode_store's hot path: one signed request on a kept-alive connection.
 
-Every upload writes one object; through minio-py that costs ~0.7 ms of Python per request
-(URL building, header dictionaries, urllib3's pool and retry layers, e-mail header parsing),
-about as much as the whole rest of the upload. `S3Putter` does the same request with
+Every commit-log segment is one PUT; through minio-py that costs ~0.7 ms of Python per
+request (URL building, header dictionaries, urllib3's pool and retry layers, e-mail header
+parsing). `S3Putter` does the same request with
 ``http.client`` directly: AWS Signature V4 with the signing key cached per day, one
 connection per thread, the body read to the end so the connection is reused.
 
     putter = S3Putter("minio:9000", "mtopt", access_key, secret_key, region="us-east-1")
-    status, code = putter.put("episodes/by-id/ab/ep-1.pb", data, {"If-None-Match": "*"})
+    status, code = putter.put("index/log/date=2026-03-01/01772323200123456789+0+3f2a9c1e", body, {"If-None-Match": "*"})
     # (200, "") stored; (412, "PreconditionFailed") the object exists; other: S3 error code
 
 Everything else (reads, lists, bucket checks) stays on minio-py.

@@ -64,6 +64,7 @@ async def start_episode_store(
     metrics = StoreMetrics(registry)
     if isinstance(backend, ObjectStoreBackend):
         backend.on_commit = metrics.observe_commit
+        metrics.indexed_episodes.set_function(lambda: backend.indexed_episodes)
     executor = ThreadPoolExecutor(max_workers=config.io_workers, thread_name_prefix="episode-store-io")
 
     async def run_io(fn, *args):
@@ -77,6 +78,8 @@ async def start_episode_store(
 
     async def ready() -> bool:
         await run_io(backend.ping)
+        if isinstance(backend, ObjectStoreBackend):
+            await run_io(backend.load_index)  # reads the whole log once: ids answer from memory after
         return True
 
     async def close_backend() -> None:

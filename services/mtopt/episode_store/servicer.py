@@ -58,6 +58,7 @@ def summary_of(r: EpisodeRecord) -> pb.EpisodeSummary:
         episode_id=r.episode_id, robot_id=r.robot_id, task=r.task, policy_version=r.policy_version,
         policy_name=r.policy_name, num_steps=r.num_steps, size_bytes=r.size_bytes, sha256=r.sha256,
         terminated_by_policy=r.terminated_by_policy, metadata=dict(r.metadata), storage_key=r.storage_key,
+        storage_offset=r.data_offset,
     )
     for field, ns in (("start_time", r.start_ns), ("end_time", r.end_ns), ("stored_time", r.stored_ns)):
         ts = _ts(ns)

@@ -4,9 +4,8 @@
   file, fsynced and renamed into place, so a reader never sees half a file; one process owns a
   directory at a time (an flock on ``<dir>/.lock``); the commit log's names are kept in memory
   for fast listing; object metadata lives in a ``<file>.meta`` JSON file beside it.
-- `MinioBackend`: a MinIO (or any S3) bucket through the ``minio`` client. Objects appear
-  atomically on PUT; data objects are created with ``If-None-Match: *`` so concurrent uploads
-  of one id through several replicas cannot both commit; metadata is S3 user metadata.
+- `MinioBackend`: a MinIO (or any S3) bucket through the ``minio`` client (segments through
+  the lean `S3Putter`). Objects appear atomically on PUT; several replicas may share a bucket.
 
 Both share the object layout and the group-commit protocol of
 `mtopt.episode_store.commit.ObjectStoreBackend` (see `mtopt.episode_store.layout` and
@@ -47,8 +46,8 @@ class LocalDirBackend(ObjectStoreBackend):
     off only for throwaway test runs.
     """
 
-    def __init__(self, root: Path, *, fsync: bool = True, gather_s: float = 0.003):
-        super().__init__(settle_s=0.0, commit_grace_s=0.0, gather_s=gather_s)
+    def __init__(self, root: Path, *, fsync: bool = True, gather_s: float = 0.003, max_writes: int = 4):
+        super().__init__(settle_s=0.0, gather_s=gather_s, max_writes=max_writes, single_writer=True)
         self.root = Path(root)
         self._create_locks = [threading.Lock() for _ in range(64)]
         self._fsync = fsync
@@ -139,6 +138,14 @@ class LocalDirBackend(ObjectStoreBackend):
         except FileNotFoundError:
             return None
 
+    def _get_range(self, key: str, offset: int, length: int) -> bytes | None:
+        try:
+            with open(self._path(key), "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+        except FileNotFoundError:
+            return None
+
     def _read_meta(self, path: Path) -> dict[str, str]:
         try:
             return json.loads(self._meta_path(path).read_bytes())
@@ -187,10 +194,10 @@ class MinioBackend(ObjectStoreBackend):
     def __init__(
         self, endpoint: str, bucket: str, access_key: str, secret_key: str, *, secure: bool = False,
         region: str | None = None, create_bucket: bool = True, settle_s: float = 1.0,
-        max_connections: int = 32, timeout_s: float = 30.0, commit_grace_s: float | None = None, gather_s: float = 0.003,
+        max_connections: int = 32, timeout_s: float = 30.0, gather_s: float = 0.003, max_writes: int = 4,
+        refresh_s: float = 0.25,
     ):
-        super().__init__(settle_s=settle_s, commit_grace_s=max(settle_s, 2.0) if commit_grace_s is None else commit_grace_s,
-                         gather_s=gather_s)
+        super().__init__(settle_s=settle_s, gather_s=gather_s, max_writes=max_writes, refresh_s=refresh_s)
         self.endpoint, self.bucket, self._create_bucket = endpoint, bucket, create_bucket
         self.client, self._http = make_minio_client(
             endpoint, access_key, secret_key, secure=secure, region=region, max_connections=max_connections, timeout_s=timeout_s,
@@ -266,11 +273,15 @@ class MinioBackend(ObjectStoreBackend):
         got = self._get_with_meta(key, with_meta=False)
         return None if got is None else got[0]
 
-    def _get_with_meta(self, key: str, with_meta: bool = True) -> tuple[bytes, dict[str, str]] | None:
+    def _get_range(self, key: str, offset: int, length: int) -> bytes | None:
+        got = self._get_with_meta(key, with_meta=False, offset=offset, length=length)
+        return None if got is None else got[0]
+
+    def _get_with_meta(self, key: str, with_meta: bool = True, offset: int = 0, length: int = 0) -> tuple[bytes, dict[str, str]] | None:
         from minio.error import S3Error
 
         try:
-            response = self.client.get_object(self.bucket, key)
+            response = self.client.get_object(self.bucket, key, offset=offset, length=length)
         except S3Error as e:
             if e.code in ("NoSuchKey", "NoSuchObject"):
                 return None

@@ -43,7 +43,7 @@ class UploadEpisodeChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[UploadEpisodeHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class EpisodeSummary(_message.Message):
-    __slots__ = ("episode_id", "robot_id", "task", "policy_version", "policy_name", "num_steps", "start_time", "end_time", "stored_time", "size_bytes", "sha256", "terminated_by_policy", "metadata", "storage_key")
+    __slots__ = ("episode_id", "robot_id", "task", "policy_version", "policy_name", "num_steps", "start_time", "end_time", "stored_time", "size_bytes", "sha256", "terminated_by_policy", "metadata", "storage_key", "storage_offset")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +65,7 @@ class EpisodeSummary(_message.Message):
     TERMINATED_BY_POLICY_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     STORAGE_KEY_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     episode_id: str
     robot_id: str
     task: str
@@ -79,7 +80,8 @@ class EpisodeSummary(_message.Message):
     terminated_by_policy: bool
     metadata: _containers.ScalarMap[str, str]
     storage_key: str
-    def __init__(self, episode_id: _Optional[str] = ..., robot_id: _Optional[str] = ..., task: _Optional[str] = ..., policy_version: _Optional[int] = ..., policy_name: _Optional[str] = ..., num_steps: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stored_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., terminated_by_policy: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ..., storage_key: _Optional[str] = ...) -> None: ...
+    storage_offset: int
+    def __init__(self, episode_id: _Optional[str] = ..., robot_id: _Optional[str] = ..., task: _Optional[str] = ..., policy_version: _Optional[int] = ..., policy_name: _Optional[str] = ..., num_steps: _Optional[int] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stored_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., terminated_by_policy: _Optional[bool] = ..., metadata: _Optional[_Mapping[str, str]] = ..., storage_key: _Optional[str] = ..., storage_offset: _Optional[int] = ...) -> None: ...
 
 class UploadEpisodeResponse(_message.Message):
     __slots__ = ("episode", "already_existed")

@@ -8,8 +8,10 @@ episodes, 64x64 PNG images) and are serialized with `mtopt.episode_codec`, as a 
 Each repeat runs two rounds over the same serialized bytes, in alternating order:
 
 - **store**: `--uploaders` concurrent uploaders (threads, one gRPC channel each, like robots of
-  a fleet) stream every episode with `EpisodeStore.UploadEpisode` (header + 1 MiB chunks, the
-  agent's `upload_chunks`) and wait for the acknowledgement. Each round uses fresh episode ids,
+  a fleet) send every episode as the robot agent does -- one `EpisodeStore.PutEpisode` message
+  up to the agent's `PUT_EPISODE_MAX_BYTES`, else the `UploadEpisode` stream (header + 1 MiB
+  chunks, the agent's `upload_chunks`); `--stream` streams every episode -- and wait for the
+  acknowledgement. Each round uses fresh episode ids,
   so every upload is a real store (no duplicate short cut).
 - **raw** (the baseline): the same number of threads `put_object` the same bytes into the same
   MinIO with one `minio.Minio` client.
@@ -66,7 +68,7 @@ from mtopt.episode_codec import episode_to_proto  # noqa: E402
 from mtopt.serving.s3 import make_minio_client  # noqa: E402
 from mtopt.tasks import TaskCatalogue  # noqa: E402
 from mtopt.v1 import common_pb2, episode_store_pb2 as es_pb, episode_store_pb2_grpc as es_grpc  # noqa: E402
-from mtopt_agent.uploader import upload_chunks  # noqa: E402
+from mtopt_agent.uploader import PUT_EPISODE_MAX_BYTES, upload_chunks  # noqa: E402
 
 TARGET_RATIO = 0.8
 BUCKET = "mtopt"
@@ -120,7 +122,8 @@ def run_store(minio, log_path: Path):
 class StoreUploaders:
     """One gRPC channel per uploader thread, like the robots of a fleet."""
 
-    def __init__(self, port: int, uploaders: int):
+    def __init__(self, port: int, uploaders: int, stream: bool = False):
+        self.single_max = -1 if stream else PUT_EPISODE_MAX_BYTES
         self.channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in range(uploaders)]
         self.stubs = [es_grpc.EpisodeStoreStub(c) for c in self.channels]
 
@@ -132,7 +135,10 @@ class StoreUploaders:
             for msg, data in payloads[k::n]:
                 header = es_pb.UploadEpisodeHeader(episode_id=msg.episode_id, robot_id=msg.robot_id, task=msg.task,
                                                    total_bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-                reply = self.stubs[k].UploadEpisode(upload_chunks(header, data, CHUNK_BYTES), timeout=60)
+                if len(data) <= self.single_max:
+                    reply = self.stubs[k].PutEpisode(es_pb.PutEpisodeRequest(header=header, data=data), timeout=60)
+                else:
+                    reply = self.stubs[k].UploadEpisode(upload_chunks(header, data, CHUNK_BYTES), timeout=60)
                 stored += not reply.already_existed
             return stored
 
@@ -176,6 +182,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=0, help="episodes per round (default 150 quick, 400 full)")
     parser.add_argument("--repeats", type=int, default=0, help="timed repeats (default 3 quick, 5 full)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stream", action="store_true", help="upload every episode with the UploadEpisode stream (no PutEpisode)")
     args = parser.parse_args()
     episodes_n = args.episodes or (150 if args.quick else 400)
     repeats = args.repeats or (3 if args.quick else 5)
@@ -193,7 +200,7 @@ def main() -> None:
         with run_minio(Path(tmp) / "minio") as minio, run_store(minio, Path(tmp) / "store.log") as (store_proc, port):
             pids = {"minio": minio_pid(int(minio.endpoint.rsplit(":", 1)[1])), "store": store_proc.pid, "client": os.getpid()}
             client, http = make_minio_client(minio.endpoint, minio.access_key, minio.secret_key, max_connections=args.uploaders + 2)
-            uploaders = StoreUploaders(port, args.uploaders)
+            uploaders = StoreUploaders(port, args.uploaders, stream=args.stream)
             rates: dict[str, list[float]] = {"store": [], "raw": []}
             mbps: dict[str, list[float]] = {"store": [], "raw": []}
             cpu: dict[str, list[dict[str, float]]] = {"store": [], "raw": []}
@@ -254,6 +261,7 @@ def main() -> None:
         "log_batches": batches,
         "store_s3_puts_per_episode": round(batches / max(stored_total, 1), 3),
         "s3_requests_per_episode": {"store": "1 PUT per commit-log segment", "raw": "1 PUT"},
+        "upload_rpc": "UploadEpisode (stream)" if args.stream else "PutEpisode (one message; stream above 3 MiB)",
         "mode": "quick" if args.quick else "full",
         "cpus": os.cpu_count(),
     }

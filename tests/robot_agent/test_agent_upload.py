@@ -147,12 +147,50 @@ class _FailingStub:
                 raise _Failing(code)
 
         class _Method:
-            def future(self, chunks, timeout=None):
+            def future(self, request, timeout=None):
                 outer.calls += 1
-                list(chunks)
                 return _Call()
 
-        self.UploadEpisode = _Method()
+        self.UploadEpisode = self.PutEpisode = _Method()
+
+
+class _OlderStore:
+    """The real store's stub, counting calls per method; ``put_unimplemented``: PutEpisode
+    answers UNIMPLEMENTED, as a store from before PutEpisode does."""
+
+    def __init__(self, stub, put_unimplemented: bool):
+        self.calls: dict[str, int] = {"PutEpisode": 0, "UploadEpisode": 0}
+        outer = self
+
+        class _Method:
+            def __init__(self, name):
+                self.name = name
+
+            def future(self, request, timeout=None):
+                outer.calls[self.name] += 1
+                if self.name == "PutEpisode" and put_unimplemented:
+                    return _FailingStub(grpc.StatusCode.UNIMPLEMENTED).PutEpisode.future(request)
+                return getattr(stub, self.name).future(request, timeout=timeout)
+
+        self.PutEpisode, self.UploadEpisode = _Method("PutEpisode"), _Method("UploadEpisode")
+
+
+@pytest.mark.parametrize("older_store", [False, True])
+def test_small_episodes_go_in_one_message_large_ones_and_older_stores_in_streams(store, tmp_path, older_store):
+    episodes = [make_episode(robot_id="sim-0", seed=i) for i in range(3)] + [make_episode(robot_id="sim-0", seed=3, size=(96, 96))]
+    with EpisodeSpool(tmp_path / "spool", max_bytes=1 << 22, fsync=False) as spool:
+        entries = [spool.put(e.episode_id, encode(e)) for e in episodes]
+        stub = _OlderStore(store.stub, put_unimplemented=older_store)
+        uploader = Uploader(spool, stub, backoff=FAST)
+        uploader.single_message_max_bytes = max(e.size_bytes for e in entries[:3])  # the last one streams
+        large = sum(e.size_bytes > uploader.single_message_max_bytes for e in entries)
+        assert [uploader.upload_once(entry).result for entry in entries] == [Result.UPLOADED] * 4
+        assert spool.depth == 0
+    assert sorted(_stored_ids(store)) == sorted(e.episode_id for e in episodes)
+    if older_store:  # one UNIMPLEMENTED, then streams only
+        assert stub.calls == {"PutEpisode": 1, "UploadEpisode": 4} and not uploader.single_message
+    else:
+        assert large == 1 and stub.calls == {"PutEpisode": 3, "UploadEpisode": 1} and uploader.single_message
 
 
 def test_unexpected_errors_are_retried_a_bounded_number_of_times(tmp_path):

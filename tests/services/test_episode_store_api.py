@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 
@@ -148,6 +149,27 @@ def test_reupload_is_idempotent_and_conflicts_are_refused(store):
     assert [s.episode_id for s in store.list_all()] == [ep.episode_id]
     got = store.stub.GetEpisode(es_pb.GetEpisodeRequest(episode_id=ep.episode_id), timeout=10)
     assert got.episode.SerializeToString() == data
+
+
+def test_put_episode_stores_like_an_upload_and_is_idempotent_across_both(store):
+    first, second = make_episode(seed=1), make_episode(seed=2)
+    data = encode(first)
+    request = es_pb.PutEpisodeRequest(header=es_pb.UploadEpisodeHeader(
+        episode_id=first.episode_id, robot_id=first.robot_id, task=first.task, total_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest()), data=data)
+    reply = store.stub.PutEpisode(request, timeout=10)
+    assert not reply.already_existed and reply.episode.sha256 == request.header.sha256
+    assert store.upload(data).already_existed  # the stream finds what the single message stored
+    assert store.stub.PutEpisode(request, timeout=10).already_existed
+    store.upload(encode(second))
+    again = es_pb.PutEpisodeRequest(header=request.header, data=data)
+    again.header.episode_id = second.episode_id  # header and bytes disagree
+    with pytest.raises(grpc.RpcError) as err:
+        store.stub.PutEpisode(again, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    got = store.stub.GetEpisode(es_pb.GetEpisodeRequest(episode_id=first.episode_id), timeout=10)
+    assert got.episode.SerializeToString() == data
+    assert sorted(s.episode_id for s in store.list_all()) == sorted([first.episode_id, second.episode_id])
 
 
 def test_concurrent_uploads_of_one_episode_store_it_once(store):

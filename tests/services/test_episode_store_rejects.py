@@ -196,6 +196,38 @@ def test_bad_upload_is_rejected_and_counted(store, case):
     assert not store.upload(encode(good)).already_existed
 
 
+PUT_MESSAGES = {  # where PutEpisode words it differently (one message, no stream)
+    "more bytes than announced": "data has", "truncated stream": "data has",
+    "data before header": "header is missing", "empty stream": "header is missing",
+}
+
+
+def as_put_request(messages) -> es_pb.PutEpisodeRequest:
+    """The same upload as one PutEpisode message: its header (if any) and all of its data."""
+    request = es_pb.PutEpisodeRequest()
+    for m in messages:
+        if m.WhichOneof("payload") == "header":
+            request.header.CopyFrom(m.header)
+        else:
+            request.data += m.data
+    return request
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_put_episode_is_rejected_and_counted(store, case):
+    build, code, reason, message = CASES[case]
+    messages, episode_id = build()
+    before = store.metric("mtopt_episode_store_rejected_total", reason=reason)
+    with pytest.raises(grpc.RpcError) as err:
+        store.stub.PutEpisode(as_put_request(messages), timeout=30)
+    assert err.value.code() == code, err.value.details()
+    assert PUT_MESSAGES.get(case, message) in err.value.details()
+    assert store.metric("mtopt_episode_store_rejected_total", reason=reason) == before + 1
+    assert_nothing_stored(store, episode_id)
+    good = make_episode()
+    assert not store.stub.PutEpisode(as_put_request(chunks(encode(good))), timeout=30).already_existed
+
+
 def test_unknown_and_invalid_ids_on_get(store):
     with pytest.raises(grpc.RpcError) as err:
         store.stub.GetEpisode(es_pb.GetEpisodeRequest(episode_id=uuid.uuid4().hex), timeout=10)

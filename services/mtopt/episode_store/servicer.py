@@ -132,13 +132,20 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         log.warning("%s failed: %s", operation, e)
         await context.abort(grpc.StatusCode.UNAVAILABLE, f"episode storage did not answer, retry later: {e}")
 
-    # -- UploadEpisode -----------------------------------------------------------------------
+    # -- UploadEpisode / PutEpisode -----------------------------------------------------------
     async def UploadEpisode(self, request_iterator, context):
+        return await self._upload(context, self._receive(request_iterator))
+
+    async def PutEpisode(self, request, context):
+        return await self._upload(context, self._received(request))
+
+    async def _upload(self, context, receive) -> pb.UploadEpisodeResponse:
+        """Receives (``receive``: a coroutine returning header and bytes), validates, stores."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         self.metrics.uploads_in_flight.inc()
         try:
-            header, data = await self._receive(request_iterator)
+            header, data = await receive
             async with await self._locks(header.episode_id):
                 # One hop to the thread pool: validate, then store (the commit waits there too).
                 write = loop.run_in_executor(self._executor, self._validate_and_put, header, data)
@@ -165,6 +172,17 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         self.metrics.upload_seconds.observe(loop.time() - started)
         return pb.UploadEpisodeResponse(episode=summary_of(result.record), already_existed=result.already_existed)
 
+    async def _received(self, request: pb.PutEpisodeRequest) -> tuple[pb.UploadEpisodeHeader, bytes]:
+        if not request.HasField("header"):
+            raise _invalid("no_header", "PutEpisodeRequest.header is missing: set the UploadEpisodeHeader of the episode")
+        h = request.header
+        self._check_header(h)
+        if len(request.data) != h.total_bytes:
+            reason = "truncated" if len(request.data) < h.total_bytes else "size_mismatch"
+            raise _invalid(reason, f"data has {len(request.data)} bytes, header.total_bytes says {h.total_bytes}; nothing was stored, send exactly the serialized Episode")
+        self._check_digest(h, request.data)
+        return h, request.data
+
     async def _receive(self, request_iterator) -> tuple[pb.UploadEpisodeHeader, bytes]:
         it = request_iterator.__aiter__()
         try:
@@ -184,10 +202,14 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
             buf += chunk.data
         if len(buf) < h.total_bytes:
             raise _invalid("truncated", f"upload stream ended after {len(buf)} of {h.total_bytes} bytes; nothing was stored, upload the episode again")
-        digest = hashlib.sha256(buf).hexdigest()
+        self._check_digest(h, buf)
+        return h, bytes(buf)
+
+    @staticmethod
+    def _check_digest(h: pb.UploadEpisodeHeader, data: bytes | bytearray) -> None:
+        digest = hashlib.sha256(data).hexdigest()
         if digest != h.sha256:
             raise _invalid("sha256_mismatch", f"sha256 of the received bytes is {digest}, the header announced {h.sha256}; nothing was stored")
-        return h, bytes(buf)
 
     def _check_header(self, h: pb.UploadEpisodeHeader) -> None:
         for field in ("episode_id", "robot_id"):

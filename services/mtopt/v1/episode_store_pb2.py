@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mtopt.v1 import common_pb2 as mtopt_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmtopt/v1/episode_store.proto\x12\x08mtopt.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15mtopt/v1/common.proto\"n\n\x13UploadEpisodeHeader\x12\x12\n\nepisode_id\x18\x01 \x01(\t\x12\x10\n\x08robot_id\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\"`\n\x12UploadEpisodeChunk\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.mtopt.v1.UploadEpisodeHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\xed\x03\n\x0e\x45pisodeSummary\x12\x12\n\nepisode_id\x18\x01 \x01(\t\x12\x10\n\x08robot_id\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x03\x12\x13\n\x0bpolicy_name\x18\x05 \x01(\t\x12\x11\n\tnum_steps\x18\x06 \x01(\x05\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bstored_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsize_bytes\x18\n \x01(\x03\x12\x0e\n\x06sha256\x18\x0b \x01(\t\x12\x1c\n\x14terminated_by_policy\x18\x0c \x01(\x08\x12\x38\n\x08metadata\x18\r \x03(\x0b\x32&.mtopt.v1.EpisodeSummary.MetadataEntry\x12\x13\n\x0bstorage_key\x18\x0e \x01(\t\x12\x16\n\x0estorage_offset\x18\x0f \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\x15UploadEpisodeResponse\x12)\n\x07\x65pisode\x18\x01 \x01(\x0b\x32\x18.mtopt.v1.EpisodeSummary\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\"\'\n\x11GetEpisodeRequest\x12\x12\n\nepisode_id\x18\x01 \x01(\t\"c\n\x12GetEpisodeResponse\x12)\n\x07summary\x18\x01 \x01(\x0b\x32\x18.mtopt.v1.EpisodeSummary\x12\"\n\x07\x65pisode\x18\x02 \x01(\x0b\x32\x11.mtopt.v1.Episode\"\xba\x01\n\x13ListEpisodesRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08robot_id\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"[\n\x14ListEpisodesResponse\x12*\n\x08\x65pisodes\x18\x01 \x03(\x0b\x32\x18.mtopt.v1.EpisodeSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x14WatchEpisodesRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61\x63kfill\x18\x02 \x01(\x08\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x10\n\x08robot_id\x18\x04 \x01(\t\"\x85\x01\n\x0c\x45pisodeEvent\x12(\n\x04type\x18\x01 \x01(\x0e\x32\x1a.mtopt.v1.EpisodeEventType\x12)\n\x07\x65pisode\x18\x02 \x01(\x0b\x32\x18.mtopt.v1.EpisodeSummary\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61\x63kfill\x18\x04 \x01(\x08*w\n\x10\x45pisodeEventType\x12\"\n\x1e\x45PISODE_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45PISODE_EVENT_TYPE_STORED\x10\x01\x12 \n\x1c\x45PISODE_EVENT_TYPE_CAUGHT_UP\x10\x02\x32\xc3\x02\n\x0c\x45pisodeStore\x12P\n\rUploadEpisode\x12\x1c.mtopt.v1.UploadEpisodeChunk\x1a\x1f.mtopt.v1.UploadEpisodeResponse(\x01\x12G\n\nGetEpisode\x12\x1b.mtopt.v1.GetEpisodeRequest\x1a\x1c.mtopt.v1.GetEpisodeResponse\x12M\n\x0cListEpisodes\x12\x1d.mtopt.v1.ListEpisodesRequest\x1a\x1e.mtopt.v1.ListEpisodesResponse\x12I\n\rWatchEpisodes\x12\x1e.mtopt.v1.WatchEpisodesRequest\x1a\x16.mtopt.v1.EpisodeEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmtopt/v1/episode_store.proto\x12\x08mtopt.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15mtopt/v1/common.proto\"n\n\x13UploadEpisodeHeader\x12\x12\n\nepisode_id\x18\x01 \x01(\t\x12\x10\n\x08robot_id\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\"P\n\x11PutEpisodeRequest\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1d.mtopt.v1.UploadEpisodeHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"`\n\x12UploadEpisodeChunk\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.mtopt.v1.UploadEpisodeHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\xed\x03\n\x0e\x45pisodeSummary\x12\x12\n\nepisode_id\x18\x01 \x01(\t\x12\x10\n\x08robot_id\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x16\n\x0epolicy_version\x18\x04 \x01(\x03\x12\x13\n\x0bpolicy_name\x18\x05 \x01(\t\x12\x11\n\tnum_steps\x18\x06 \x01(\x05\x12.\n\nstart_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bstored_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nsize_bytes\x18\n \x01(\x03\x12\x0e\n\x06sha256\x18\x0b \x01(\t\x12\x1c\n\x14terminated_by_policy\x18\x0c \x01(\x08\x12\x38\n\x08metadata\x18\r \x03(\x0b\x32&.mtopt.v1.EpisodeSummary.MetadataEntry\x12\x13\n\x0bstorage_key\x18\x0e \x01(\t\x12\x16\n\x0estorage_offset\x18\x0f \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\x15UploadEpisodeResponse\x12)\n\x07\x65pisode\x18\x01 \x01(\x0b\x32\x18.mtopt.v1.EpisodeSummary\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\"\'\n\x11GetEpisodeRequest\x12\x12\n\nepisode_id\x18\x01 \x01(\t\"c\n\x12GetEpisodeResponse\x12)\n\x07summary\x18\x01 \x01(\x0b\x32\x18.mtopt.v1.EpisodeSummary\x12\"\n\x07\x65pisode\x18\x02 \x01(\x0b\x32\x11.mtopt.v1.Episode\"\xba\x01\n\x13ListEpisodesRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08robot_id\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"[\n\x14ListEpisodesResponse\x12*\n\x08\x65pisodes\x18\x01 \x03(\x0b\x32\x18.mtopt.v1.EpisodeSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x14WatchEpisodesRequest\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61\x63kfill\x18\x02 \x01(\x08\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x10\n\x08robot_id\x18\x04 \x01(\t\"\x85\x01\n\x0c\x45pisodeEvent\x12(\n\x04type\x18\x01 \x01(\x0e\x32\x1a.mtopt.v1.EpisodeEventType\x12)\n\x07\x65pisode\x18\x02 \x01(\x0b\x32\x18.mtopt.v1.EpisodeSummary\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61\x63kfill\x18\x04 \x01(\x08*w\n\x10\x45pisodeEventType\x12\"\n\x1e\x45PISODE_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45PISODE_EVENT_TYPE_STORED\x10\x01\x12 \n\x1c\x45PISODE_EVENT_TYPE_CAUGHT_UP\x10\x02\x32\x8f\x03\n\x0c\x45pisodeStore\x12P\n\rUploadEpisode\x12\x1c.mtopt.v1.UploadEpisodeChunk\x1a\x1f.mtopt.v1.UploadEpisodeResponse(\x01\x12J\n\nPutEpisode\x12\x1b.mtopt.v1.PutEpisodeRequest\x1a\x1f.mtopt.v1.UploadEpisodeResponse\x12G\n\nGetEpisode\x12\x1b.mtopt.v1.GetEpisodeRequest\x1a\x1c.mtopt.v1.GetEpisodeResponse\x12M\n\x0cListEpisodes\x12\x1d.mtopt.v1.ListEpisodesRequest\x1a\x1e.mtopt.v1.ListEpisodesResponse\x12I\n\rWatchEpisodes\x12\x1e.mtopt.v1.WatchEpisodesRequest\x1a\x16.mtopt.v1.EpisodeEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,30 +35,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EPISODESUMMARY_METADATAENTRY']._loaded_options = None
   _globals['_EPISODESUMMARY_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_EPISODEEVENTTYPE']._serialized_start=1547
-  _globals['_EPISODEEVENTTYPE']._serialized_end=1666
+  _globals['_EPISODEEVENTTYPE']._serialized_start=1629
+  _globals['_EPISODEEVENTTYPE']._serialized_end=1748
   _globals['_UPLOADEPISODEHEADER']._serialized_start=98
   _globals['_UPLOADEPISODEHEADER']._serialized_end=208
-  _globals['_UPLOADEPISODECHUNK']._serialized_start=210
-  _globals['_UPLOADEPISODECHUNK']._serialized_end=306
-  _globals['_EPISODESUMMARY']._serialized_start=309
-  _globals['_EPISODESUMMARY']._serialized_end=802
-  _globals['_EPISODESUMMARY_METADATAENTRY']._serialized_start=755
-  _globals['_EPISODESUMMARY_METADATAENTRY']._serialized_end=802
-  _globals['_UPLOADEPISODERESPONSE']._serialized_start=804
-  _globals['_UPLOADEPISODERESPONSE']._serialized_end=895
-  _globals['_GETEPISODEREQUEST']._serialized_start=897
-  _globals['_GETEPISODEREQUEST']._serialized_end=936
-  _globals['_GETEPISODERESPONSE']._serialized_start=938
-  _globals['_GETEPISODERESPONSE']._serialized_end=1037
-  _globals['_LISTEPISODESREQUEST']._serialized_start=1040
-  _globals['_LISTEPISODESREQUEST']._serialized_end=1226
-  _globals['_LISTEPISODESRESPONSE']._serialized_start=1228
-  _globals['_LISTEPISODESRESPONSE']._serialized_end=1319
-  _globals['_WATCHEPISODESREQUEST']._serialized_start=1321
-  _globals['_WATCHEPISODESREQUEST']._serialized_end=1409
-  _globals['_EPISODEEVENT']._serialized_start=1412
-  _globals['_EPISODEEVENT']._serialized_end=1545
-  _globals['_EPISODESTORE']._serialized_start=1669
-  _globals['_EPISODESTORE']._serialized_end=1992
+  _globals['_PUTEPISODEREQUEST']._serialized_start=210
+  _globals['_PUTEPISODEREQUEST']._serialized_end=290
+  _globals['_UPLOADEPISODECHUNK']._serialized_start=292
+  _globals['_UPLOADEPISODECHUNK']._serialized_end=388
+  _globals['_EPISODESUMMARY']._serialized_start=391
+  _globals['_EPISODESUMMARY']._serialized_end=884
+  _globals['_EPISODESUMMARY_METADATAENTRY']._serialized_start=837
+  _globals['_EPISODESUMMARY_METADATAENTRY']._serialized_end=884
+  _globals['_UPLOADEPISODERESPONSE']._serialized_start=886
+  _globals['_UPLOADEPISODERESPONSE']._serialized_end=977
+  _globals['_GETEPISODEREQUEST']._serialized_start=979
+  _globals['_GETEPISODEREQUEST']._serialized_end=1018
+  _globals['_GETEPISODERESPONSE']._serialized_start=1020
+  _globals['_GETEPISODERESPONSE']._serialized_end=1119
+  _globals['_LISTEPISODESREQUEST']._serialized_start=1122
+  _globals['_LISTEPISODESREQUEST']._serialized_end=1308
+  _globals['_LISTEPISODESRESPONSE']._serialized_start=1310
+  _globals['_LISTEPISODESRESPONSE']._serialized_end=1401
+  _globals['_WATCHEPISODESREQUEST']._serialized_start=1403
+  _globals['_WATCHEPISODESREQUEST']._serialized_end=1491
+  _globals['_EPISODEEVENT']._serialized_start=1494
+  _globals['_EPISODEEVENT']._serialized_end=1627
+  _globals['_EPISODESTORE']._serialized_start=1751
+  _globals['_EPISODESTORE']._serialized_end=2150
 # @@protoc_insertion_point(module_scope)

@@ -34,6 +34,14 @@ class UploadEpisodeHeader(_message.Message):
     sha256: str
     def __init__(self, episode_id: _Optional[str] = ..., robot_id: _Optional[str] = ..., task: _Optional[str] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
+class PutEpisodeRequest(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: UploadEpisodeHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[UploadEpisodeHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class UploadEpisodeChunk(_message.Message):
     __slots__ = ("header", "data")
     HEADER_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class EpisodeStoreStub:
                 request_serializer=mtopt_dot_v1_dot_episode__store__pb2.UploadEpisodeChunk.SerializeToString,
                 response_deserializer=mtopt_dot_v1_dot_episode__store__pb2.UploadEpisodeResponse.FromString,
                 _registered_method=True)
+        self.PutEpisode = channel.unary_unary(
+                '/mtopt.v1.EpisodeStore/PutEpisode',
+                request_serializer=mtopt_dot_v1_dot_episode__store__pb2.PutEpisodeRequest.SerializeToString,
+                response_deserializer=mtopt_dot_v1_dot_episode__store__pb2.UploadEpisodeResponse.FromString,
+                _registered_method=True)
         self.GetEpisode = channel.unary_unary(
                 '/mtopt.v1.EpisodeStore/GetEpisode',
                 request_serializer=mtopt_dot_v1_dot_episode__store__pb2.GetEpisodeRequest.SerializeToString,
@@ -85,6 +90,17 @@ class EpisodeStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutEpisode(self, request, context):
+        """Stores one episode sent in a single message: the same checks, answers and
+        idempotency as UploadEpisode, at a fraction of a stream's cost on both
+        sides. For episodes up to PUT_EPISODE_MAX_BYTES (3 MiB), so that the
+        request stays below gRPC's default 4 MiB message limit; larger episodes
+        use UploadEpisode (a bigger request is RESOURCE_EXHAUSTED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetEpisode(self, request, context):
         """Reads one stored episode. NOT_FOUND if it is unknown (or not complete).
         """
@@ -116,6 +132,11 @@ def add_EpisodeStoreServicer_to_server(servicer, server):
             'UploadEpisode': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadEpisode,
                     request_deserializer=mtopt_dot_v1_dot_episode__store__pb2.UploadEpisodeChunk.FromString,
+                    response_serializer=mtopt_dot_v1_dot_episode__store__pb2.UploadEpisodeResponse.SerializeToString,
+            ),
+            'PutEpisode': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutEpisode,
+                    request_deserializer=mtopt_dot_v1_dot_episode__store__pb2.PutEpisodeRequest.FromString,
                     response_serializer=mtopt_dot_v1_dot_episode__store__pb2.UploadEpisodeResponse.SerializeToString,
             ),
             'GetEpisode': grpc.unary_unary_rpc_method_handler(
@@ -165,6 +186,33 @@ class EpisodeStore:
             target,
             '/mtopt.v1.EpisodeStore/UploadEpisode',
             mtopt_dot_v1_dot_episode__store__pb2.UploadEpisodeChunk.SerializeToString,
+            mtopt_dot_v1_dot_episode__store__pb2.UploadEpisodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutEpisode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mtopt.v1.EpisodeStore/PutEpisode',
+            mtopt_dot_v1_dot_episode__store__pb2.PutEpisodeRequest.SerializeToString,
             mtopt_dot_v1_dot_episode__store__pb2.UploadEpisodeResponse.FromString,
             options,
             channel_credentials,

@@ -10,13 +10,16 @@ connection per thread, the body read to the end so the connection is reused.
     status, code = putter.put("index/log/date=2026-03-01/01772323200123456789+0+3f2a9c1e", body, {"If-None-Match": "*"})
     # (200, "") stored; (412, "PreconditionFailed") the object exists; other: S3 error code
 
-Everything else (reads, lists, bucket checks) stays on minio-py.
+`list_keys` lists keys the same way (the commit log is listed several times a second: minio-py's
+XML parsing of every entry cost more than the request). Everything else (reads, bucket checks)
+stays on minio-py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import html
 import http.client
 import re
 import threading
@@ -24,6 +27,11 @@ import time
 from urllib.parse import quote
 
 _CODE = re.compile(rb"<Code>([^<]+)</Code>")
+_KEY = re.compile(rb"<Key>([^<]*)</Key>")
+
+
+class S3ListError(RuntimeError):
+    """S3 answered a list request with an error."""
 _RETRYABLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, http.client.CannotSendRequest)
 
 
@@ -61,14 +69,14 @@ class S3Putter:
             self._keys = {day: key}
         return key
 
-    def _signed_headers(self, path: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
+    def _signed_headers(self, path: str, data: bytes, headers: dict[str, str], method: str = "PUT", query: str = "") -> dict[str, str]:
         amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         payload = hashlib.sha256(data).hexdigest()
         h = {k.lower(): str(v).strip() for k, v in headers.items()}
         h.update({"host": self.endpoint, "x-amz-date": amz_date, "x-amz-content-sha256": payload, "content-length": str(len(data))})
         names = sorted(h)
         signed = ";".join(names)
-        canonical = "\n".join(["PUT", path, "", *(f"{n}:{h[n]}" for n in names), "", signed, payload])
+        canonical = "\n".join([method, path, query, *(f"{n}:{h[n]}" for n in names), "", signed, payload])
         scope = f"{amz_date[:8]}/{self.region}/s3/aws4_request"
         to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         signature = hmac.new(self._signing_key(amz_date[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
@@ -78,11 +86,34 @@ class S3Putter:
     def put(self, key: str, data: bytes, headers: dict[str, str]) -> tuple[int, str]:
         """(HTTP status, S3 error code or ""); OSError/HTTPException if S3 did not answer."""
         path = "/" + quote(self.bucket, safe="") + "/" + quote(key, safe="/-_.~")
+        status, body, reason = self._request("PUT", path, "", data, headers)
+        if status // 100 == 2:
+            return status, ""
+        m = _CODE.search(body)
+        return status, m[1].decode() if m else reason
+
+    def list_keys(self, prefix: str, start_after: str, max_keys: int) -> list[str]:
+        """Up to ``max_keys`` keys under ``prefix`` after ``start_after``, in key order (one
+        ListObjectsV2 request; only the keys are parsed). OSError/HTTPException if S3 did not
+        answer; S3ListError on an S3 error."""
+        params = {"list-type": "2", "max-keys": str(max_keys), "prefix": prefix}
+        if start_after:
+            params["start-after"] = start_after
+        query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items()))
+        path = "/" + quote(self.bucket, safe="")
+        status, body, reason = self._request("GET", path, query, b"", {})
+        if status != 200:
+            m = _CODE.search(body)
+            raise S3ListError(f"HTTP {status} {m[1].decode() if m else reason}")
+        return [html.unescape(k.decode()) for k in _KEY.findall(body)]
+
+    def _request(self, method: str, path: str, query: str, data: bytes, headers: dict[str, str]) -> tuple[int, bytes, str]:
+        target = f"{path}?{query}" if query else path
         for attempt in range(2):
             conn = self._connection(fresh=attempt > 0)
             try:
-                conn.putrequest("PUT", path, skip_host=True, skip_accept_encoding=True)
-                for name, value in self._signed_headers(path, data, headers).items():
+                conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+                for name, value in self._signed_headers(path, data, headers, method, query).items():
                     conn.putheader(name, value)
                 conn.endheaders(data)
                 response = conn.getresponse()
@@ -95,10 +126,7 @@ class S3Putter:
             except BaseException:
                 conn.close()
                 raise
-            if response.status // 100 == 2:
-                return response.status, ""
-            m = _CODE.search(body)
-            return response.status, m[1].decode() if m else response.reason
+            return response.status, body, response.reason
         raise AssertionError("unreachable")
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from mtopt.episode_store.backend import EpisodeBackend, EpisodeConflictError, PutResult, StorageUnavailableError
 from mtopt.episode_store.commit import ObjectStoreBackend
 from mtopt.episode_store.layout import LOG_PREFIX
-from mtopt.episode_store.s3put import S3Putter
+from mtopt.episode_store.s3put import S3ListError, S3Putter
 from mtopt.serving.s3 import make_minio_client
 
 __all__ = [
@@ -315,19 +315,12 @@ class MinioBackend(ObjectStoreBackend):
         return self._call("list", lambda: any(True for _ in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)))
 
     def _list_log(self, start_after: str, limit: int) -> list[str]:
-        def listing():
-            # One request of at most ``limit`` keys (the public list_objects always asks for
-            # 1000); log names need no URL encoding-type (ASCII, no XML-special characters).
-            out = []
-            pages = self.client._list_objects(self.bucket, prefix=LOG_PREFIX, start_after=start_after or None,
-                                              max_keys=max(1, min(limit, 1000)))
-            for obj in pages:
-                out.append(obj.object_name)
-                if len(out) >= limit:
-                    break
-            return out
-
-        return self._call("list", listing)
+        # One lean request of at most ``limit`` keys (minio-py always asks for 1000 and parses
+        # every entry's XML); log names are ASCII without XML-special characters.
+        try:
+            return self._putter().list_keys(LOG_PREFIX, start_after, max(1, min(limit, 1000)))[:limit]
+        except (OSError, http.client.HTTPException, S3ListError) as e:
+            raise StorageUnavailableError(f"S3 list on {self.endpoint}/{self.bucket} failed: {e}") from e
 
     def ping(self) -> None:
         if self._bucket_ok:

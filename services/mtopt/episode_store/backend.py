@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from concurrent.futures import Future
 from typing import Callable
 
 from mtopt.episode_store.layout import EpisodeRecord, LogName, NewEpisode
@@ -49,6 +50,13 @@ class EpisodeBackend(abc.ABC):
         nothing new is listed and ``already_existed`` is True. Same id, other sha256:
         EpisodeConflictError.
         """
+
+    def submit(self, new: NewEpisode, data: bytes) -> Future:
+        """`put` that may return before the write is durable: a Future of the PutResult (this
+        default waits; `ObjectStoreBackend` returns while the group commit runs)."""
+        future: Future = Future()
+        future.set_result(self.put(new, data))
+        return future
 
     @abc.abstractmethod
     def get(self, episode_id: str) -> EpisodeRecord | None:

@@ -34,12 +34,32 @@ import abc
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterable
 
 from mtopt.episode_store.backend import EpisodeBackend, EpisodeConflictError, PutResult, StorageUnavailableError
 from mtopt.episode_store.layout import LOG_PREFIX, EpisodeRecord, NewEpisode, batch_name, decode_batch, encode_segment
 from mtopt.episode_store.log_reader import LogReader
+
+
+def _done(result: PutResult) -> Future:
+    future: Future = Future()
+    future.set_result(result)
+    return future
+
+
+def _settle(future: Future, error: BaseException | None, result) -> None:
+    """Completes an upload's future (a copy of a shared error, so tracebacks do not mix)."""
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result())
+    elif isinstance(error, StorageUnavailableError):
+        copy = StorageUnavailableError(str(error))
+        copy.__cause__ = error
+        future.set_exception(copy)
+    else:
+        future.set_exception(error)
 
 
 class _Batch:
@@ -49,6 +69,7 @@ class _Batch:
         self.ns, self.name, self.private = ns, name, private
         self.opened = time.monotonic()
         self.entries: list[tuple[NewEpisode, bytes]] = []
+        self.futures: list[Future] = []  # one per entry: its PutResult
         self.nbytes = 0
         self.done = threading.Event()  # set once written (or failed)
         self.error: BaseException | None = None
@@ -165,6 +186,12 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
 
     # -- upload ------------------------------------------------------------------------------
     def put(self, new: NewEpisode, data: bytes) -> PutResult:
+        return self.submit(new, data).result()
+
+    def submit(self, new: NewEpisode, data: bytes) -> Future:
+        """`put` without waiting for the segment write: a Future of the PutResult. Blocks only
+        to look the id up (an index hit may read a segment header) or while another upload
+        of the same id is in flight."""
         if len(data) != new.size_bytes:
             raise ValueError(f"episode {new.episode_id}: {len(data)} bytes, size_bytes says {new.size_bytes}")
         self.load_index()
@@ -172,21 +199,15 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
             legacy = self._legacy_record(new.episode_id)
             if legacy is not None:
                 self._check_same(new, legacy.sha256)
-                return PutResult(legacy, already_existed=True)
+                return _done(PutResult(legacy, already_existed=True))
         while True:
             stored = self.lookup(new.episode_id)
             if stored is not None:
                 self._check_same(new, stored.sha256)
-                return PutResult(stored, already_existed=True)
-            batch = self._join(new, data)
-            if batch is not None:
-                break
-        batch.done.wait()
-        if batch.error is not None:
-            if isinstance(batch.error, StorageUnavailableError):
-                raise StorageUnavailableError(str(batch.error)) from batch.error
-            raise batch.error
-        return PutResult(batch.records[new.episode_id], already_existed=False)
+                return _done(PutResult(stored, already_existed=True))
+            future = self._join(new, data)
+            if future is not None:
+                return future
 
     @staticmethod
     def _check_same(new: NewEpisode, stored_sha256: str) -> None:
@@ -200,9 +221,9 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
         ns = self._begin_commit()
         return _Batch(ns, batch_name(ns, self.writer), private)
 
-    def _join(self, new: NewEpisode, data: bytes) -> _Batch | None:
-        """Adds the upload to a batch; None if an upload of the same id was in flight (it has
-        finished now: look the id up again)."""
+    def _join(self, new: NewEpisode, data: bytes) -> Future | None:
+        """Adds the upload to a batch (a Future of its PutResult); None if an upload of the
+        same id was in flight (it has finished now: look the id up again)."""
         with self._cond:
             if self._stopping:
                 raise StorageUnavailableError("the episode backend is closed (the store is stopping); retry on another replica")
@@ -226,7 +247,9 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
                     batch = self._open = self._new_batch(False)
                     self._start_committer()
                     self._cond.notify()
+            future: Future = Future()
             batch.entries.append((new, data))
+            batch.futures.append(future)
             batch.nbytes += len(data)
             self._pending[new.episode_id] = batch
             if not private and (len(batch.entries) >= self.MAX_BATCH or batch.nbytes >= self.MAX_BATCH_BYTES):
@@ -235,7 +258,7 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
                 self._cond.notify()
         if private:
             self._write(batch)
-        return batch
+        return future
 
     def _start_committer(self) -> None:
         if self._committer is None:
@@ -299,10 +322,13 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
             batch.error = error
             for new, _ in batch.entries:
                 self._pending.pop(new.episode_id, None)
-            batch.entries = []  # the bytes are written (or failed): do not hold them
+            entries, futures = batch.entries, batch.futures
+            batch.entries, batch.futures = [], []  # the bytes are written (or failed): do not hold them
             self._end_commit(batch.ns)
             batch.done.set()
             self._cond.notify_all()
+        for (new, _), future in zip(entries, futures):
+            _settle(future, error, lambda new=new: PutResult(records[new.episode_id], already_existed=False))
 
     def close(self) -> None:
         with self._cond:
@@ -321,3 +347,5 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
                     self._pending.pop(new.episode_id, None)
                 self._end_commit(batch.ns)
                 batch.done.set()
+                for future in batch.futures:
+                    _settle(future, batch.error, None)

@@ -67,38 +67,6 @@ def summary_of(r: EpisodeRecord) -> pb.EpisodeSummary:
     return s
 
 
-class _KeyedLocks:
-    """One asyncio.Lock per key while anyone holds or waits for it."""
-
-    def __init__(self):
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    async def __call__(self, key: str):
-        lock, n = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, n + 1)
-        await lock.acquire()
-        return _Release(self, key, lock)
-
-    def _release(self, key: str, lock: asyncio.Lock) -> None:
-        lock.release()
-        _, n = self._locks[key]
-        if n <= 1:
-            del self._locks[key]
-        else:
-            self._locks[key] = (lock, n - 1)
-
-
-class _Release:
-    def __init__(self, owner: _KeyedLocks, key: str, lock: asyncio.Lock):
-        self._owner, self._key, self._lock = owner, key, lock
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc):
-        self._owner._release(self._key, self._lock)
-
-
 class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
     """Upload, Get, List and Watch over an `EpisodeBackend`."""
 
@@ -110,7 +78,6 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         self.catalogue = catalogue
         self.max_episode_bytes = max_episode_bytes
         self.image_shape = image_shape
-        self._locks = _KeyedLocks()
         self._writes: set[asyncio.Future] = set()
 
     async def run_io(self, fn: Callable, *args):
@@ -146,12 +113,10 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         self.metrics.uploads_in_flight.inc()
         try:
             header, data = await receive
-            async with await self._locks(header.episode_id):
-                # One hop to the thread pool: validate, then store (the commit waits there too).
-                write = loop.run_in_executor(self._executor, self._validate_and_put, header, data)
-                self._writes.add(write)
-                write.add_done_callback(self._writes.discard)
-                new, result = await asyncio.shield(write)  # a cancelled call still finishes its write
+            # One hop to the thread pool: validate, then join a group commit; the segment
+            # write completes the future. A cancelled call still finishes its write.
+            new, committed = await self._track(loop.run_in_executor(self._executor, self._validate_and_submit, header, data))
+            result = await self._track(asyncio.wrap_future(committed))
         except Rejection as r:
             await self._reject(context, r)
         except EpisodeConflictError as e:
@@ -226,10 +191,17 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         if not SHA256_HEX.match(h.sha256):
             raise _invalid("invalid_header", "header.sha256 must be the lower-case hex SHA-256 of the serialized Episode (64 characters)")
 
-    def _validate_and_put(self, h: pb.UploadEpisodeHeader, data: bytes):
-        """(NewEpisode, PutResult): validates the bytes, then stores them (in the thread pool)."""
+    def _track(self, future: asyncio.Future):
+        """Shields a storage step from the call's cancellation; `drain` waits for it."""
+        self._writes.add(future)
+        future.add_done_callback(self._writes.discard)
+        return asyncio.shield(future)
+
+    def _validate_and_submit(self, h: pb.UploadEpisodeHeader, data: bytes):
+        """(NewEpisode, Future of the PutResult): validates the bytes, then submits them to the
+        backend's group commit (in the thread pool)."""
         new = self._validate(h, data)
-        return new, self.backend.put(new, data)
+        return new, self.backend.submit(new, data)
 
     def _validate(self, h: pb.UploadEpisodeHeader, data: bytes) -> NewEpisode:
         """Parses and validates the bytes (CPU work, in the thread pool)."""

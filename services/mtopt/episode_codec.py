@@ -32,6 +32,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mtopt.episode import Episode
+from mtopt.png_check import png_shape
 from mtopt.robot import ACTION_DIM, ACTION_TERMINATE, STATE_DIM
 from mtopt.tasks import TaskCatalogue
 from mtopt.v1 import common_pb2 as pb
@@ -171,6 +172,32 @@ def decode_image(msg: pb.Image, *, name: str = "image", expected_shape: tuple[in
     decoded array after (shape and dtype). ``expected_shape`` is (H, W, C) if the caller
     requires one.
     """
+    data, fmt = _checked_header(msg, name)
+    img = _decode(data, fmt, name)
+    _check_shape(img.shape, msg, name, expected_shape)
+    return img
+
+
+def check_image(msg: pb.Image, *, name: str = "image", expected_shape: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
+    """The checks of `decode_image` without keeping the pixels: the (H, W, C) the image decodes to.
+
+    A PNG's structure is checked instead of decoding it (`mtopt.png_check`: chunk CRCs, the
+    inflated data's length, every row's filter), which finds what decoding would; other
+    images are decoded."""
+    data, fmt = _checked_header(msg, name)
+    shape = None
+    if fmt == "png":
+        try:
+            shape = png_shape(data)
+        except ValueError as e:
+            raise EpisodeDecodeError(f"{name}: {e}", "image") from None
+    if shape is None:
+        shape = _decode(data, fmt, name).shape
+    _check_shape(shape, msg, name, expected_shape)
+    return shape
+
+
+def _checked_header(msg: pb.Image, name: str) -> tuple[bytes, str]:
     if msg.encoding not in (pb.IMAGE_ENCODING_PNG, pb.IMAGE_ENCODING_JPEG):
         raise EpisodeDecodeError(f"{name}: encoding must be PNG or JPEG, got {pb.ImageEncoding.Name(msg.encoding) if msg.encoding in pb.ImageEncoding.values() else msg.encoding}", "image")
     data = bytes(msg.data)
@@ -186,6 +213,10 @@ def decode_image(msg: pb.Image, *, name: str = "image", expected_shape: tuple[in
         raise EpisodeDecodeError(f"{name}: {height}x{width} exceeds the maximum side {MAX_IMAGE_SIDE}", "image")
     if depth != 8:
         raise EpisodeDecodeError(f"{name}: images must be 8-bit (uint8), got {depth} bits per sample", "image")
+    return data, fmt
+
+
+def _decode(data: bytes, fmt: str, name: str) -> np.ndarray:
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise EpisodeDecodeError(f"{name}: OpenCV could not decode the {fmt.upper()} data (corrupt or truncated)", "image")
@@ -193,11 +224,14 @@ def decode_image(msg: pb.Image, *, name: str = "image", expected_shape: tuple[in
         img = img[:, :, None]
     if img.dtype != np.uint8:
         raise EpisodeDecodeError(f"{name}: decoded dtype is {img.dtype}, must be uint8", "image")
-    if img.shape[2] != msg.channels:
-        raise EpisodeDecodeError(f"{name}: declared {msg.channels} channels, the file has {img.shape[2]}", "image")
-    if expected_shape is not None and img.shape != tuple(expected_shape):
-        raise EpisodeDecodeError(f"{name}: shape must be {tuple(expected_shape)}, got {img.shape}", "image")
     return img
+
+
+def _check_shape(shape: tuple[int, ...], msg: pb.Image, name: str, expected_shape: tuple[int, int, int] | None) -> None:
+    if shape[2] != msg.channels:
+        raise EpisodeDecodeError(f"{name}: declared {msg.channels} channels, the file has {shape[2]}", "image")
+    if expected_shape is not None and tuple(shape) != tuple(expected_shape):
+        raise EpisodeDecodeError(f"{name}: shape must be {tuple(expected_shape)}, got {tuple(shape)}", "image")
 
 
 # -- episodes ----------------------------------------------------------------------------------
@@ -290,6 +324,41 @@ def episode_from_proto(
     float32 state features of shape (STATE_DIM,) that are finite, float32 actions of shape
     (ACTION_DIM,) that are finite and within [-1, 1].
     """
+    images, states, actions = _checked_steps(msg, catalogue, image_shape, max_steps, decode_image)
+    episode = Episode(
+        episode_id=msg.episode_id,
+        robot_id=msg.robot_id,
+        task=msg.task,
+        images=np.stack(images),
+        states=np.stack(states).astype(np.float32),
+        actions=np.stack(actions).astype(np.float32),
+        policy_version=int(msg.policy_version),
+        start_time=_seconds(msg.start_time) if msg.HasField("start_time") else 0.0,
+        end_time=_seconds(msg.end_time) if msg.HasField("end_time") else 0.0,
+        metadata=dict(msg.metadata),
+    )
+    try:
+        episode.validate()
+    except ValueError as e:  # belt and braces: the checks above should have caught it
+        raise EpisodeDecodeError(str(e), "malformed") from None
+    return episode
+
+
+def validate_episode(
+    msg: pb.Episode,
+    *,
+    catalogue: TaskCatalogue | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+    max_steps: int = MAX_STEPS,
+) -> int:
+    """The checks of `episode_from_proto` without building the Episode (images are checked
+    with `check_image`, not kept): the number of steps, or EpisodeDecodeError."""
+    _, _, actions = _checked_steps(msg, catalogue, image_shape, max_steps, check_image)
+    return len(actions)
+
+
+def _checked_steps(msg: pb.Episode, catalogue, image_shape, max_steps: int, image_fn):
+    """(images, states, actions) of a checked episode; ``image_fn``: decode_image or check_image."""
     validate_ids(msg)
     if not msg.task:
         raise EpisodeDecodeError("task is empty: set Episode.task to the collecting task's name", "unknown_task")
@@ -308,11 +377,12 @@ def episode_from_proto(
     for t, step in enumerate(list(msg.steps) + [None]):
         where = f"steps[{t}]" if step is not None else "final"
         image_msg = step.image if step is not None else msg.final_image
-        img = decode_image(image_msg, name=f"{where}.image", expected_shape=shape)
-        if img.shape[2] != 3:
-            raise EpisodeDecodeError(f"{where}.image must have 3 channels, got {img.shape[2]}", "image")
+        img = image_fn(image_msg, name=f"{where}.image", expected_shape=shape)
+        img_shape = img if isinstance(img, tuple) else img.shape
+        if img_shape[2] != 3:
+            raise EpisodeDecodeError(f"{where}.image must have 3 channels, got {img_shape[2]}", "image")
         if shape is None:
-            shape = img.shape
+            shape = img_shape
         images.append(img)
         state_msg = step.state_features if step is not None else msg.final_state_features
         state = tensor_from_proto(state_msg, name=f"{where}.state_features", dtype=np.float32, shape=(STATE_DIM,), reason="state")
@@ -326,24 +396,7 @@ def episode_from_proto(
             if np.any(np.abs(action) > 1.0 + 1e-6):
                 raise EpisodeDecodeError(f"{where}.action components must lie in [-1, 1], got {action.tolist()}", "action")
             actions.append(action)
-
-    episode = Episode(
-        episode_id=msg.episode_id,
-        robot_id=msg.robot_id,
-        task=msg.task,
-        images=np.stack(images),
-        states=np.stack(states).astype(np.float32),
-        actions=np.stack(actions).astype(np.float32),
-        policy_version=int(msg.policy_version),
-        start_time=_seconds(msg.start_time) if msg.HasField("start_time") else 0.0,
-        end_time=_seconds(msg.end_time) if msg.HasField("end_time") else 0.0,
-        metadata=dict(msg.metadata),
-    )
-    try:
-        episode.validate()
-    except ValueError as e:  # belt and braces: the checks above should have caught it
-        raise EpisodeDecodeError(str(e), "malformed") from None
-    return episode
+    return images, states, actions
 
 
 def encode_episode(episode: Episode, **kwargs) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -21,7 +22,9 @@ from mtopt.episode_codec import (
     parse_episode,
     tensor_from_proto,
     tensor_to_proto,
+    validate_episode,
 )
+from mtopt.png_check import png_shape
 from mtopt.tasks import TaskCatalogue
 from mtopt.v1 import common_pb2 as pb
 
@@ -132,16 +135,62 @@ def _msg(**kw):
         (lambda m: m.steps[1].image.CopyFrom(encode_image(np.zeros((8, 16, 3), np.uint8))), "image", "shape must be (16, 16, 3)"),
     ],
 )
-def test_decoding_rejects_bad_episodes(tasks, mutate, reason, message):
+@pytest.mark.parametrize("check", [episode_from_proto, validate_episode])
+def test_decoding_rejects_bad_episodes(tasks, mutate, reason, message, check):
     msg = _msg()
     mutate(msg)
     if reason is None:
-        episode_from_proto(msg, catalogue=tasks)
+        check(msg, catalogue=tasks)
         return
     with pytest.raises(EpisodeDecodeError) as err:
-        episode_from_proto(msg, catalogue=tasks)
+        check(msg, catalogue=tasks)
     assert err.value.reason == reason
     assert message in str(err.value)
+
+
+def test_validate_episode_counts_the_steps_without_decoding(tasks):
+    msg = _msg()
+    assert validate_episode(msg, catalogue=tasks) == len(msg.steps) == episode_from_proto(msg, catalogue=tasks).num_steps
+
+
+@pytest.mark.parametrize("image", [
+    np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8),  # colour
+    np.random.default_rng(1).integers(0, 256, (9, 7), dtype=np.uint8),  # grey
+    np.random.default_rng(2).integers(0, 256, (5, 6, 4), dtype=np.uint8),  # with alpha
+])
+@pytest.mark.parametrize("compression", [0, 1, 9])
+def test_png_check_reads_the_shape_opencv_decodes(image, compression):
+    ok, png = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    decoded = cv2.imdecode(png, cv2.IMREAD_UNCHANGED)
+    assert png_shape(png.tobytes()) == (decoded.shape + (1,))[:3]
+
+
+def test_png_check_finds_what_decoding_finds():
+    """Every single-byte corruption of a PNG that png_check passes decodes, to that shape."""
+    image = np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    image[4:12, 4:12] = 200  # some structure, so the data compresses
+    ok, png = cv2.imencode(".png", image)
+    data = png.tobytes()
+    rng = np.random.default_rng(4)
+    passed = 0
+    for i in list(range(len(data))) + list(rng.integers(0, len(data), 200)):
+        bad = bytearray(data)
+        bad[i] ^= int(rng.integers(1, 256))
+        try:
+            shape = png_shape(bytes(bad))
+        except ValueError:
+            continue
+        passed += 1
+        decoded = cv2.imdecode(np.frombuffer(bytes(bad), np.uint8), cv2.IMREAD_UNCHANGED)
+        assert decoded is not None and shape in (decoded.shape, None), i
+    assert passed < 10  # nearly every corruption is caught (the rest: bytes no check covers)
+    for broken, message in [(data[:-20], "truncated"), (data[:40], "truncated"), (data[8:], "signature")]:
+        with pytest.raises(ValueError, match=message):
+            png_shape(broken)
+    palette = bytearray(data)
+    palette[25] = 3  # colour type 3 (palette): left to the decoder
+    palette[29:33] = struct.pack(">I", zlib.crc32(bytes(palette[12:29])))
+    assert png_shape(bytes(palette)) is None
 
 
 def test_limits_and_malformed_bytes():

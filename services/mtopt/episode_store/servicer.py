@@ -18,7 +18,7 @@ from typing import Callable
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mtopt.episode_codec import ID_PATTERN, EpisodeDecodeError, episode_from_proto, parse_episode
+from mtopt.episode_codec import ID_PATTERN, EpisodeDecodeError, parse_episode, validate_episode
 from mtopt.episode_store.layout import EpisodeRecord, LogName, NewEpisode, check_cursor
 from mtopt.episode_store.metrics import StoreMetrics
 from mtopt.episode_store.storage import EpisodeBackend, EpisodeConflictError, StorageUnavailableError
@@ -207,7 +207,7 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         """Parses and validates the bytes (CPU work, in the thread pool)."""
         try:
             msg = parse_episode(data)
-            episode = episode_from_proto(msg, catalogue=self.catalogue, image_shape=self.image_shape)
+            num_steps = validate_episode(msg, catalogue=self.catalogue, image_shape=self.image_shape)
         except EpisodeDecodeError as e:
             raise Rejection(_CODE_FOR_DECODE_REASON.get(e.reason, grpc.StatusCode.INVALID_ARGUMENT), e.reason, str(e)) from None
         for field in ("episode_id", "robot_id", "task"):
@@ -215,7 +215,7 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
                 raise _invalid("header_mismatch", f"header.{field}={getattr(h, field)!r} but the Episode says {getattr(msg, field)!r}")
         return NewEpisode(
             episode_id=msg.episode_id, robot_id=msg.robot_id, task=msg.task, sha256=h.sha256, size_bytes=len(data),
-            policy_version=msg.policy_version, policy_name=msg.policy_name, num_steps=episode.num_steps,
+            policy_version=msg.policy_version, policy_name=msg.policy_name, num_steps=num_steps,
             start_ns=msg.start_time.ToNanoseconds() if msg.HasField("start_time") else 0,
             end_ns=msg.end_time.ToNanoseconds() if msg.HasField("end_time") else 0,
             terminated_by_policy=msg.terminated_by_policy, metadata=dict(msg.metadata),

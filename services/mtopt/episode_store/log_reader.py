@@ -8,7 +8,7 @@ The **id index** maps every committed episode id to its first position in the lo
 and the idempotency check of uploads look ids up there, without a request. It is built from
 the whole log when the store starts (`load_index`, before health turns SERVING), kept current
 by this process's own commits, and, when other replicas write the same bucket, by listing the
-log's new names (`refresh_index`). It costs ~0.25 KB of memory per stored episode.
+log's new names (`refresh_index`). It costs ~0.2 KB of memory per stored episode.
 
 Older layouts: v2 batches (JSON records, each episode in its own ``episodes/by-id/`` object)
 are read and indexed like segments. Layout v1 (one log entry and one by-id record per

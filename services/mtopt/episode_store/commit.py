@@ -237,8 +237,8 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
         with self._cond:
             if self._stopping:
                 raise StorageUnavailableError("the episode backend is closed (the store is stopping); retry on another replica")
-            if new.episode_id in self._pending:
-                return None
+            if new.episode_id in self._pending or self.indexed(new.episode_id):
+                return None  # another upload of the id joined (or even committed) meanwhile
             if private:
                 batch = self._new_batch(True)
             else:

@@ -180,22 +180,6 @@ def assert_nothing_stored(store, episode_id):
         assert list(backend.client.list_objects(backend.bucket, recursive=True)) == []
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_upload_is_rejected_and_counted(store, case):
-    build, code, reason, message = CASES[case]
-    messages, episode_id = build()
-    before = store.metric("mtopt_episode_store_rejected_total", reason=reason)
-    with pytest.raises(grpc.RpcError) as err:
-        store.stub.UploadEpisode(iter(messages), timeout=30)
-    assert err.value.code() == code, err.value.details()
-    assert message in err.value.details()
-    assert store.metric("mtopt_episode_store_rejected_total", reason=reason) == before + 1
-    assert_nothing_stored(store, episode_id)
-    # The store still works after the rejection.
-    good = make_episode()
-    assert not store.upload(encode(good)).already_existed
-
-
 PUT_MESSAGES = {  # where PutEpisode words it differently (one message, no stream)
     "more bytes than announced": "data has", "truncated stream": "data has",
     "data before header": "header is missing", "empty stream": "header is missing",
@@ -213,19 +197,22 @@ def as_put_request(messages) -> es_pb.PutEpisodeRequest:
     return request
 
 
+@pytest.mark.parametrize("rpc", ["UploadEpisode", "PutEpisode"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_put_episode_is_rejected_and_counted(store, case):
+def test_bad_upload_is_rejected_and_counted(store, case, rpc):
     build, code, reason, message = CASES[case]
     messages, episode_id = build()
+    send = (lambda m: store.stub.UploadEpisode(iter(m), timeout=30)) if rpc == "UploadEpisode" else \
+        (lambda m: store.stub.PutEpisode(as_put_request(m), timeout=30))
     before = store.metric("mtopt_episode_store_rejected_total", reason=reason)
     with pytest.raises(grpc.RpcError) as err:
-        store.stub.PutEpisode(as_put_request(messages), timeout=30)
+        send(messages)
     assert err.value.code() == code, err.value.details()
-    assert PUT_MESSAGES.get(case, message) in err.value.details()
+    assert (PUT_MESSAGES.get(case, message) if rpc == "PutEpisode" else message) in err.value.details()
     assert store.metric("mtopt_episode_store_rejected_total", reason=reason) == before + 1
     assert_nothing_stored(store, episode_id)
-    good = make_episode()
-    assert not store.stub.PutEpisode(as_put_request(chunks(encode(good))), timeout=30).already_existed
+    # The store still works after the rejection.
+    assert not send(chunks(encode(make_episode()))).already_existed
 
 
 def test_unknown_and_invalid_ids_on_get(store):

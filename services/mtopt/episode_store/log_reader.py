@@ -140,13 +140,7 @@ class LogReader:
             if self._loaded:
                 return
             started_ns = time.time_ns()
-            names, after = [], ""
-            while True:
-                keys = list(self._list_log(after, 1000))
-                if not keys:
-                    break
-                after = keys[-1]
-                names.extend(k[len(LOG_PREFIX) :] for k in keys if parse_batch_name(k[len(LOG_PREFIX) :]) is not None)
+            names = self._batch_names_after("")
             with ThreadPoolExecutor(self.LOAD_THREADS, thread_name_prefix="episode-store-index") as pool:
                 batches = list(pool.map(self._batch_records, names))
             for name, records in zip(names, batches):
@@ -155,6 +149,16 @@ class LogReader:
             self._advance(names, started_ns)
             self._refreshed_at = time.monotonic()
             self._loaded = True
+
+    def _batch_names_after(self, after: str) -> list[str]:
+        """Names of every commit-log batch after log key ``after``, in key order."""
+        names = []
+        while True:
+            keys = list(self._list_log(after, 1000))
+            if not keys:
+                return names
+            after = keys[-1]
+            names.extend(k[len(LOG_PREFIX) :] for k in keys if parse_batch_name(k[len(LOG_PREFIX) :]) is not None)
 
     def _advance(self, names: list[str], started_ns: int) -> None:
         """Moves _indexed_after past the listed batches that no later commit can precede."""
@@ -176,13 +180,7 @@ class LogReader:
             if time.monotonic() - self._refreshed_at < max_age_s:
                 return
             started, started_ns = time.monotonic(), time.time_ns()
-            names, after = [], self._indexed_after
-            while True:
-                keys = list(self._list_log(after, 1000))
-                if not keys:
-                    break
-                after = keys[-1]
-                names.extend(k[len(LOG_PREFIX) :] for k in keys if parse_batch_name(k[len(LOG_PREFIX) :]) is not None)
+            names = self._batch_names_after(self._indexed_after)
             for name in names:
                 if name not in self._recent:
                     records = self._batch_records(name)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import re
-import struct
 from typing import Mapping
 
 import cv2
@@ -32,7 +31,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mtopt.episode import Episode
-from mtopt.png_check import png_shape
+from mtopt.image_bytes import image_header, png_shape
 from mtopt.robot import ACTION_DIM, ACTION_TERMINATE, STATE_DIM
 from mtopt.tasks import TaskCatalogue
 from mtopt.v1 import common_pb2 as pb
@@ -130,41 +129,6 @@ def encode_image(image: np.ndarray, image_format: str = "png", *, jpeg_quality: 
     return pb.Image(data=buf.tobytes(), encoding=_ENCODINGS[image_format], height=img.shape[0], width=img.shape[1], channels=channels)
 
 
-def image_header(data: bytes) -> tuple[str, int, int, int]:
-    """(format, height, width, bits per sample) read from a PNG or JPEG header, without decoding.
-
-    Raises EpisodeDecodeError("image") when the bytes are neither.
-    """
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        if len(data) < 33 or data[12:16] != b"IHDR":
-            raise EpisodeDecodeError("PNG image has no IHDR header", "image")
-        width, height, depth = struct.unpack(">IIB", data[16:25])
-        return "png", height, width, depth
-    if data[:2] == b"\xff\xd8":
-        i, n = 2, len(data)
-        while i + 4 <= n:
-            if data[i] != 0xFF:
-                raise EpisodeDecodeError("JPEG image is corrupt (marker expected)", "image")
-            marker = data[i + 1]
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-                i += 2
-                continue
-            (length,) = struct.unpack(">H", data[i + 2 : i + 4])
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                if i + 9 > n:
-                    break
-                depth, height, width = struct.unpack(">BHH", data[i + 4 : i + 9])
-                return "jpeg", height, width, depth
-            if marker == 0xDA or length < 2:
-                break
-            i += 2 + length
-        raise EpisodeDecodeError("JPEG image has no frame header (SOF)", "image")
-    raise EpisodeDecodeError("image data is neither PNG nor JPEG", "image")
-
-
 def decode_image(msg: pb.Image, *, name: str = "image", expected_shape: tuple[int, int, int] | None = None) -> np.ndarray:
     """Decodes an `Image` to (H, W, C) uint8 and checks it against its declared and expected size.
 
@@ -181,7 +145,7 @@ def decode_image(msg: pb.Image, *, name: str = "image", expected_shape: tuple[in
 def check_image(msg: pb.Image, *, name: str = "image", expected_shape: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
     """The checks of `decode_image` without keeping the pixels: the (H, W, C) the image decodes to.
 
-    A PNG's structure is checked instead of decoding it (`mtopt.png_check`: chunk CRCs, the
+    A PNG's structure is checked instead of decoding it (`mtopt.image_bytes`: chunk CRCs, the
     inflated data's length, every row's filter), which finds what decoding would; other
     images are decoded."""
     data, fmt = _checked_header(msg, name)
@@ -203,7 +167,7 @@ def _checked_header(msg: pb.Image, name: str) -> tuple[bytes, str]:
     data = bytes(msg.data)
     try:
         fmt, height, width, depth = image_header(data)
-    except EpisodeDecodeError as e:
+    except ValueError as e:
         raise EpisodeDecodeError(f"{name}: {e}", "image") from None
     if _ENCODINGS[fmt] != msg.encoding:
         raise EpisodeDecodeError(f"{name}: declared {pb.ImageEncoding.Name(msg.encoding)} but the data is {fmt.upper()}", "image")

@@ -24,7 +24,7 @@ from mtopt.episode_codec import (
     tensor_to_proto,
     validate_episode,
 )
-from mtopt.png_check import png_shape
+from mtopt.image_bytes import png_shape
 from mtopt.tasks import TaskCatalogue
 from mtopt.v1 import common_pb2 as pb
 
@@ -159,14 +159,14 @@ def test_validate_episode_counts_the_steps_without_decoding(tasks):
     np.random.default_rng(2).integers(0, 256, (5, 6, 4), dtype=np.uint8),  # with alpha
 ])
 @pytest.mark.parametrize("compression", [0, 1, 9])
-def test_png_check_reads_the_shape_opencv_decodes(image, compression):
+def test_png_shape_is_the_shape_opencv_decodes(image, compression):
     ok, png = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, compression])
     decoded = cv2.imdecode(png, cv2.IMREAD_UNCHANGED)
     assert png_shape(png.tobytes()) == (decoded.shape + (1,))[:3]
 
 
-def test_png_check_finds_what_decoding_finds():
-    """Every single-byte corruption of a PNG that png_check passes decodes, to that shape."""
+def test_png_shape_finds_what_decoding_finds():
+    """Every single-byte corruption of a PNG that png_shape passes decodes, to that shape."""
     image = np.random.default_rng(3).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     image[4:12, 4:12] = 200  # some structure, so the data compresses
     ok, png = cv2.imencode(".png", image)

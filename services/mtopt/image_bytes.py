@@ -1,10 +1,13 @@
-"""Checks that PNG bytes are a complete, intact image without decoding its pixels.
+"""What image bytes hold, read without decoding the pixels.
 
+`image_header` reads a PNG's or JPEG's format, size and bit depth, so a tiny file cannot make a
+decoder allocate a huge image. `png_shape` checks that PNG bytes are a complete, intact image.
 episode_store validates every image of every upload; it needs to know that each one decodes to
 the declared shape, not the pixels. `png_shape` walks the chunks (CRC of each), reads IHDR,
 inflates the IDAT stream and checks its length and every row's filter byte: the same failures
 libpng reports while decoding, at about a quarter of ``cv2.imdecode``'s cost for a 64x64 image.
 
+    fmt, height, width, depth = image_header(data)    # ValueError if neither PNG nor JPEG
     shape = png_shape(data)     # (height, width, channels), ValueError if broken, None for
                                 # a kind it does not check (palette, grey+alpha, interlaced, 16-bit)
 """
@@ -71,3 +74,38 @@ def png_shape(data: bytes) -> tuple[int, int, int] | None:
     if max(raw[::stride]) > MAX_FILTER:
         raise ValueError("PNG image data has an invalid row filter (corrupt)")
     return height, width, channels
+
+
+def image_header(data: bytes) -> tuple[str, int, int, int]:
+    """(format, height, width, bits per sample) read from a PNG or JPEG header, without decoding.
+
+    Raises ValueError when the bytes are neither.
+    """
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        if len(data) < 33 or data[12:16] != b"IHDR":
+            raise ValueError("PNG image has no IHDR header")
+        width, height, depth = struct.unpack(">IIB", data[16:25])
+        return "png", height, width, depth
+    if data[:2] == b"\xff\xd8":
+        i, n = 2, len(data)
+        while i + 4 <= n:
+            if data[i] != 0xFF:
+                raise ValueError("JPEG image is corrupt (marker expected)")
+            marker = data[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                if i + 9 > n:
+                    break
+                depth, height, width = struct.unpack(">BHH", data[i + 4 : i + 9])
+                return "jpeg", height, width, depth
+            if marker == 0xDA or length < 2:
+                break
+            i += 2 + length
+        raise ValueError("JPEG image has no frame header (SOF)")
+    raise ValueError("image data is neither PNG nor JPEG")

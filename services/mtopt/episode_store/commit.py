@@ -224,38 +224,34 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
     def _join(self, new: NewEpisode, data: bytes) -> Future | None:
         """Adds the upload to a batch (a Future of its PutResult); None if an upload of the
         same id was in flight (it has finished now: look the id up again)."""
-        with self._cond:
-            if self._stopping:
-                raise StorageUnavailableError("the episode backend is closed (the store is stopping); retry on another replica")
-            other = self._pending.get(new.episode_id)
-            if other is None and self.indexed(new.episode_id):
-                return None  # committed between the caller's lookup and now
-        if other is not None:
-            other.done.wait()
-            return None
         private = len(data) >= self.PRIVATE_BYTES
         with self._cond:
             if self._stopping:
                 raise StorageUnavailableError("the episode backend is closed (the store is stopping); retry on another replica")
-            if new.episode_id in self._pending or self.indexed(new.episode_id):
-                return None  # another upload of the id joined (or even committed) meanwhile
-            if private:
-                batch = self._new_batch(True)
-            else:
-                batch = self._open
-                if batch is None:
-                    batch = self._open = self._new_batch(False)
-                    self._start_committer()
+            other = self._pending.get(new.episode_id)
+            if other is None:
+                if self.indexed(new.episode_id):
+                    return None  # committed between the caller's lookup and now
+                if private:
+                    batch = self._new_batch(True)
+                else:
+                    batch = self._open
+                    if batch is None:
+                        batch = self._open = self._new_batch(False)
+                        self._start_committer()
+                        self._cond.notify()
+                future: Future = Future()
+                batch.entries.append((new, data))
+                batch.futures.append(future)
+                batch.nbytes += len(data)
+                self._pending[new.episode_id] = batch
+                if not private and (len(batch.entries) >= self.MAX_BATCH or batch.nbytes >= self.MAX_BATCH_BYTES):
+                    self._sealed.append(batch)
+                    self._open = None
                     self._cond.notify()
-            future: Future = Future()
-            batch.entries.append((new, data))
-            batch.futures.append(future)
-            batch.nbytes += len(data)
-            self._pending[new.episode_id] = batch
-            if not private and (len(batch.entries) >= self.MAX_BATCH or batch.nbytes >= self.MAX_BATCH_BYTES):
-                self._sealed.append(batch)
-                self._open = None
-                self._cond.notify()
+        if other is not None:
+            other.done.wait()
+            return None
         if private:
             self._write(batch)
         return future

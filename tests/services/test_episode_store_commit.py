@@ -3,6 +3,7 @@ writes, layouts v1 and v2 data, and watches over several replicas on one bucket.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -44,6 +45,45 @@ def test_concurrent_uploads_share_batches_listed_once_in_order(open_backend):
     assert [r.episode_id for r in robot2] == [r.episode_id for r in records if r.robot_id == "robot-2"]
     first_page, cursor, end = backend.scan_log("", 5)
     assert len(first_page) == 5 and not end and cursor == records[4].cursor
+
+
+def test_submit_nowait_joins_only_new_ids_it_can_take_without_io_or_waiting(open_backend):
+    """The event loop's fast path: an asyncio future for a new id; None (the caller submits
+    from a thread) whenever taking the upload could read storage or wait."""
+    backend = open_backend()
+    loop = asyncio.new_event_loop()
+    try:
+        first, first_data = new_episode(0)
+        assert backend.submit_nowait(first, first_data, loop) is None  # index not loaded, layout not known yet
+        assert not backend.put(first, first_data).already_existed  # loads the index, learns the layout
+        assert backend.submit_nowait(first, first_data, loop) is None  # committed: a duplicate reads its segment
+        assert backend.submit_nowait(*new_episode(1, data=b"x" * backend.PRIVATE_BYTES), loop) is None  # private segment
+        assert backend.submit_nowait(new_episode(1)[0], b"short", loop) is None  # size_bytes disagrees
+
+        news = [new_episode(i, robot=f"robot-{i % 2}") for i in range(1, 9)]
+        futures = [backend.submit_nowait(new, data, loop) for new, data in news[:6]]
+        assert all(isinstance(f, asyncio.Future) for f in futures)
+        assert backend.submit_nowait(*news[0], loop) is None  # in flight: the caller waits in a thread
+        threaded = [backend.submit(new, data) for new, data in news[6:]]  # the same batches, from a thread's path
+
+        async def results():
+            return await asyncio.gather(*futures, *(asyncio.wrap_future(f) for f in threaded))
+
+        done = loop.run_until_complete(asyncio.wait_for(results(), 30))
+        assert [r.record.episode_id for r in done] == [new.episode_id for new, _ in news]
+        assert not any(r.already_existed for r in done)
+        records, _, end = backend.scan_log("", 100)
+        assert end and sorted(r.episode_id for r in records) == sorted(["ep-0000", *(new.episode_id for new, _ in news)])
+        assert {r.episode_id: r for r in records if r.episode_id != "ep-0000"} == {r.record.episode_id: r.record for r in done}
+        assert backend.put(*news[0]).already_existed and backend.submit_nowait(*news[0], loop) is None
+        with pytest.raises(EpisodeConflictError):
+            backend.put(*new_episode(3, data=b"other bytes"))
+        backend.close()
+        assert backend.submit_nowait(*new_episode(20), loop) is None  # stopping: submit raises UNAVAILABLE
+        with pytest.raises(StorageUnavailableError):
+            backend.submit(*new_episode(20))
+    finally:
+        loop.close()
 
 
 def test_layout_v1_episodes_stay_readable_and_idempotent(open_backend):

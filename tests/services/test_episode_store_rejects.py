@@ -197,9 +197,13 @@ def as_put_request(messages) -> es_pb.PutEpisodeRequest:
     return request
 
 
+@pytest.mark.parametrize("validate", ["on_loop", "in_pool"])
 @pytest.mark.parametrize("rpc", ["UploadEpisode", "PutEpisode"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_upload_is_rejected_and_counted(store, case, rpc):
+def test_bad_upload_is_rejected_and_counted(make_store, case, rpc, validate):
+    """Every case, through both RPCs, validated on the event loop (small episodes, the default)
+    and in the thread pool (larger ones; here every episode, inline_validate_bytes=0)."""
+    store = make_store(**({"inline_validate_bytes": 0} if validate == "in_pool" else {}))
     build, code, reason, message = CASES[case]
     messages, episode_id = build()
     send = (lambda m: store.stub.UploadEpisode(iter(m), timeout=30)) if rpc == "UploadEpisode" else \

@@ -15,6 +15,7 @@ Usage (blocking calls: the server runs them in a thread pool)::
 from __future__ import annotations
 
 import abc
+import asyncio
 import dataclasses
 from concurrent.futures import Future
 from typing import Callable
@@ -57,6 +58,12 @@ class EpisodeBackend(abc.ABC):
         future: Future = Future()
         future.set_result(self.put(new, data))
         return future
+
+    def submit_nowait(self, new: NewEpisode, data: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future | None:
+        """`submit` from an event loop's thread when that needs neither I/O nor a wait: an
+        asyncio future (of ``loop``) of the PutResult; None when it would (call `submit` from a
+        thread then). This default always answers None."""
+        return None
 
     @abc.abstractmethod
     def get(self, episode_id: str) -> EpisodeRecord | None:

@@ -31,6 +31,8 @@ written under a fresh name instead, so they never miss it.
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 import threading
 import time
 import uuid
@@ -48,8 +50,9 @@ def _done(result: PutResult) -> Future:
     return future
 
 
-def _settle(future: Future, error: BaseException | None, result) -> None:
-    """Completes an upload's future (a copy of a shared error, so tracebacks do not mix)."""
+def _settle(future: Future | asyncio.Future, error: BaseException | None, result) -> None:
+    """Completes an upload's future (a copy of a shared error, so tracebacks do not mix); an
+    asyncio future only on its loop's thread."""
     if future.done():
         return
     if error is None:
@@ -62,6 +65,26 @@ def _settle(future: Future, error: BaseException | None, result) -> None:
         future.set_exception(error)
 
 
+def _settle_all(uploads: list[tuple[Future | asyncio.Future, Callable[[], PutResult] | None]], error: BaseException | None) -> None:
+    """Completes the futures of a batch's uploads from a writer thread: concurrent ones here,
+    asyncio ones with one callback per event loop (one wake-up of the loop per segment, not
+    one per upload)."""
+    on_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for future, result in uploads:
+        if isinstance(future, asyncio.Future):
+            on_loop.setdefault(future.get_loop(), []).append((future, result))
+        else:
+            _settle(future, error, result)
+    for loop, items in on_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle_on_loop, items, error)
+
+
+def _settle_on_loop(items: list, error: BaseException | None) -> None:
+    for future, result in items:
+        _settle(future, error, result)
+
+
 class _Batch:
     """Uploads committed by one segment (guarded by the backend's condition)."""
 
@@ -69,7 +92,7 @@ class _Batch:
         self.ns, self.name, self.private = ns, name, private
         self.opened = time.monotonic()
         self.entries: list[tuple[NewEpisode, bytes]] = []
-        self.futures: list[Future] = []  # one per entry: its PutResult
+        self.futures: list[Future | asyncio.Future] = []  # one per entry: its PutResult
         self.nbytes = 0
         self.done = threading.Event()  # set once written (or failed)
         self.error: BaseException | None = None
@@ -209,6 +232,22 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
             if future is not None:
                 return future
 
+    def submit_nowait(self, new: NewEpisode, data: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future | None:
+        """`submit` from an event loop's thread, when it can neither block nor read storage: the
+        index is loaded, the storage holds no layout-v1 records, and the id is new (not
+        committed, no upload of it in flight) and joins a shared batch. An asyncio future (of
+        ``loop``) of the PutResult then, completed by the segment's writer; else None: call
+        `submit` from a thread."""
+        if (not self._loaded or self._legacy is not False or len(data) != new.size_bytes
+                or len(data) >= self.PRIVATE_BYTES or self.indexed(new.episode_id)):
+            return None
+        with self._cond:
+            if self._stopping or new.episode_id in self._pending or self.indexed(new.episode_id):
+                return None
+            future = loop.create_future()
+            self._enqueue(self._shared_batch(), new, data, future)
+        return future
+
     @staticmethod
     def _check_same(new: NewEpisode, stored_sha256: str) -> None:
         if stored_sha256 != new.sha256:
@@ -232,29 +271,35 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
             if other is None:
                 if self.indexed(new.episode_id):
                     return None  # committed between the caller's lookup and now
-                if private:
-                    batch = self._new_batch(True)
-                else:
-                    batch = self._open
-                    if batch is None:
-                        batch = self._open = self._new_batch(False)
-                        self._start_committer()
-                        self._cond.notify()
+                batch = self._new_batch(True) if private else self._shared_batch()
                 future: Future = Future()
-                batch.entries.append((new, data))
-                batch.futures.append(future)
-                batch.nbytes += len(data)
-                self._pending[new.episode_id] = batch
-                if not private and (len(batch.entries) >= self.MAX_BATCH or batch.nbytes >= self.MAX_BATCH_BYTES):
-                    self._sealed.append(batch)
-                    self._open = None
-                    self._cond.notify()
+                self._enqueue(batch, new, data, future)
         if other is not None:
             other.done.wait()
             return None
         if private:
             self._write(batch)
         return future
+
+    def _shared_batch(self) -> _Batch:
+        """The open batch (a new one if none is open); under ``_cond``."""
+        batch = self._open
+        if batch is None:
+            batch = self._open = self._new_batch(False)
+            self._start_committer()
+            self._cond.notify()
+        return batch
+
+    def _enqueue(self, batch: _Batch, new: NewEpisode, data: bytes, future: Future | asyncio.Future) -> None:
+        """Adds an upload to ``batch``, sealing a full shared batch; under ``_cond``."""
+        batch.entries.append((new, data))
+        batch.futures.append(future)
+        batch.nbytes += len(data)
+        self._pending[new.episode_id] = batch
+        if not batch.private and (len(batch.entries) >= self.MAX_BATCH or batch.nbytes >= self.MAX_BATCH_BYTES):
+            self._sealed.append(batch)
+            self._open = None
+            self._cond.notify()
 
     def _start_committer(self) -> None:
         if self._committer is None:
@@ -323,8 +368,8 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
             self._end_commit(batch.ns)
             batch.done.set()
             self._cond.notify_all()
-        for (new, _), future in zip(entries, futures):
-            _settle(future, error, lambda new=new: PutResult(records[new.episode_id], already_existed=False))
+        _settle_all([(future, lambda new=new: PutResult(records[new.episode_id], already_existed=False))
+                     for (new, _), future in zip(entries, futures)], error)
 
     def close(self) -> None:
         with self._cond:
@@ -343,5 +388,4 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
                     self._pending.pop(new.episode_id, None)
                 self._end_commit(batch.ns)
                 batch.done.set()
-                for future in batch.futures:
-                    _settle(future, batch.error, None)
+                _settle_all([(future, None) for future in batch.futures], batch.error)

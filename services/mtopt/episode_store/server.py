@@ -73,7 +73,7 @@ async def start_episode_store(
     hub = WatchHub(backend, run_io, poll_s=config.watch_poll_s)
     servicer = EpisodeStoreServicer(
         backend, hub, metrics, executor, catalogue=catalogue, max_episode_bytes=config.max_episode_bytes,
-        image_shape=tuple(config.image_shape) if config.image_shape else None,
+        image_shape=tuple(config.image_shape) if config.image_shape else None, inline_bytes=config.inline_validate_bytes,
     )
 
     async def ready() -> bool:

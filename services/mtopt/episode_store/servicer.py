@@ -73,11 +73,13 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
     def __init__(
         self, backend: EpisodeBackend, hub: WatchHub, metrics: StoreMetrics, executor: Executor, *,
         catalogue: TaskCatalogue | None, max_episode_bytes: int, image_shape: tuple[int, int, int] | None = None,
+        inline_bytes: int = 0,
     ):
         self.backend, self.hub, self.metrics, self._executor = backend, hub, metrics, executor
         self.catalogue = catalogue
         self.max_episode_bytes = max_episode_bytes
         self.image_shape = image_shape
+        self.inline_bytes = inline_bytes
         self._writes: set[asyncio.Future] = set()
 
     async def run_io(self, fn: Callable, *args):
@@ -113,10 +115,20 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         self.metrics.uploads_in_flight.inc()
         try:
             header, data = await receive
-            # One hop to the thread pool: validate, then join a group commit; the segment
-            # write completes the future. A cancelled call still finishes its write.
-            new, committed = await self._track(loop.run_in_executor(self._executor, self._validate_and_submit, header, data))
-            result = await self._track(asyncio.wrap_future(committed))
+            # Validate, then join a group commit, whose segment write completes the future: a
+            # small new episode right here on the loop, anything else with one hop to the
+            # thread pool. A cancelled call still finishes its write.
+            new = committed = None
+            if len(data) <= self.inline_bytes:
+                new = self._validate(header, data)
+                committed = self.backend.submit_nowait(new, data, loop)
+            if committed is None:
+                if new is None:
+                    new, submitted = await self._track(loop.run_in_executor(self._executor, self._validate_and_submit, header, data))
+                else:
+                    submitted = await self._track(loop.run_in_executor(self._executor, self.backend.submit, new, data))
+                committed = asyncio.wrap_future(submitted)
+            result = await self._track(committed)
         except Rejection as r:
             await self._reject(context, r)
         except EpisodeConflictError as e:
@@ -204,7 +216,8 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         return new, self.backend.submit(new, data)
 
     def _validate(self, h: pb.UploadEpisodeHeader, data: bytes) -> NewEpisode:
-        """Parses and validates the bytes (CPU work, in the thread pool)."""
+        """Parses and validates the bytes (CPU work: on the loop for small episodes, else in
+        the thread pool)."""
         try:
             msg = parse_episode(data)
             num_steps = validate_episode(msg, catalogue=self.catalogue, image_shape=self.image_shape)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -253,4 +254,37 @@ def test_a_stuck_segment_write_does_not_hold_the_other_uploads(backend_kind, tmp
     assert [r.cursor for r in records] == sorted(r.cursor for r in records)
     assert backend.get("ep-0000") == results[0].record and results[0].record.stored_ns < results[1].record.stored_ns
     assert backend.put(*new_episode(0)).already_existed
+    backend.close()
+
+
+def test_uploads_gather_while_every_segment_writer_is_busy(backend_kind, tmp_path, request):
+    """With every writer busy, the uploads that arrive join the open batch: one segment for
+    all of them once a writer is free, however short ``gather_s`` is."""
+    base = LocalDirBackend if backend_kind == "local" else MinioBackend
+    release = threading.Event()
+
+    class HeldFirstSegment(base):
+        def _put(self, key, data, meta=None):
+            if key.startswith(LOG_PREFIX) and b'"ep-0000"' in data[:4096]:
+                release.wait(30)  # the first segment's write is in flight until released
+            return super()._put(key, data, meta)
+
+    if backend_kind == "local":
+        backend = HeldFirstSegment(tmp_path / "store", fsync=False, gather_s=0.0, max_writes=1)
+    else:
+        minio = request.getfixturevalue("minio_server")
+        backend = minio_backend(minio, minio.new_bucket_name(), HeldFirstSegment, settle_s=0.0, gather_s=0.0, max_writes=1)
+    first = backend.submit(*new_episode(0))
+    deadline = time.monotonic() + 30
+    while backend._writing == 0 and time.monotonic() < deadline:  # the only writer took it and is held
+        time.sleep(0.01)
+    behind = [backend.submit(*new_episode(i)) for i in range(1, 6)]
+    time.sleep(0.2)
+    assert not first.done() and not any(f.done() for f in behind)  # gathering behind the held write
+    release.set()
+    results = [f.result(timeout=30) for f in (first, *behind)]
+    assert not any(r.already_existed for r in results)
+    assert len({r.record.storage_key for r in results[1:]}) == 1  # the five behind it: one segment
+    assert results[0].record.storage_key != results[1].record.storage_key
+    assert len(log_keys(backend)) == 2
     backend.close()

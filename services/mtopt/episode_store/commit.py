@@ -9,10 +9,10 @@ readable exactly when it is durable, and a broken upload is never visible.
 1. ``put`` checks the id against the id index (`LogReader`: every committed id, from the log)
    and against the uploads of this process still in flight (a second upload of an id waits for
    the first), then joins the open batch, whose name (and stored time) is fixed when it opens;
-2. a committer thread closes the batch once it has gathered uploads for ``gather_s`` after the
-   first joined, or at once when it is full, and hands it to one of ``max_writes`` writer
-   threads; while every writer is busy, the open batch keeps gathering (more uploads per write
-   under load). The writer writes the segment, indexes its ids and acknowledges its uploads.
+2. one of ``max_writes`` writer threads takes the batch once it has gathered uploads for
+   ``gather_s`` after the first joined, or at once when it is full, and writes the segment;
+   while every writer is busy, the open batch keeps gathering (more uploads per write under
+   load). The writer indexes the segment's ids and acknowledges its uploads.
 
 Idempotency: an id already indexed is ``already_existed`` (same sha256) or EpisodeConflictError
 (other bytes). A crash after a segment was written but before the acknowledgement leaves the
@@ -36,7 +36,7 @@ import contextlib
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Callable, Iterable
 
 from mtopt.episode_store.backend import EpisodeBackend, EpisodeConflictError, PutResult, StorageUnavailableError
@@ -128,8 +128,7 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
         self._sealed: list[_Batch] = []
         self._writing = 0
         self._pending: dict[str, _Batch] = {}  # id -> the batch of its upload in flight
-        self._committer: threading.Thread | None = None
-        self._writers: ThreadPoolExecutor | None = None
+        self._writers: list[threading.Thread] = []
         self._stopping = False
         self._init_reader(single_writer=single_writer, refresh_s=refresh_s)
         self.on_commit: Callable[[int], None] | None = None
@@ -286,7 +285,7 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
         batch = self._open
         if batch is None:
             batch = self._open = self._new_batch(False)
-            self._start_committer()
+            self._start_writers()
             self._cond.notify()
         return batch
 
@@ -301,40 +300,44 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
             self._open = None
             self._cond.notify()
 
-    def _start_committer(self) -> None:
-        if self._committer is None:
-            self._writers = ThreadPoolExecutor(max_workers=self.max_writes, thread_name_prefix="episode-store-segment")
-            self._committer = threading.Thread(target=self._run_committer, name="episode-store-commit", daemon=True)
-            self._committer.start()
+    def _start_writers(self) -> None:
+        if not self._writers:
+            self._writers = [threading.Thread(target=self._run_writer, name=f"episode-store-segment-{i}", daemon=True)
+                             for i in range(self.max_writes)]
+            for t in self._writers:
+                t.start()
 
-    def _run_committer(self) -> None:
+    def _next_batch(self) -> _Batch | None:
+        """The next batch to write (None: the backend is closed and nothing is left); under
+        ``_cond``. A sealed (full) batch goes at once, the open batch once it has gathered for
+        ``gather_s``. A writer only asks when it is idle: while all ``max_writes`` are busy,
+        the open batch keeps gathering."""
+        while True:
+            wait_s = None
+            if self._sealed:
+                return self._sealed.pop(0)
+            if self._open is not None:
+                wait_s = self._open.opened + self.gather_s - time.monotonic()
+                if wait_s <= 0 or self._stopping:
+                    batch, self._open = self._open, None
+                    return batch
+            elif self._stopping:
+                return None
+            self._cond.wait(wait_s)
+
+    def _run_writer(self) -> None:
         while True:
             with self._cond:
-                while True:
-                    batch = None
-                    wait_s = None
-                    if self._writing < self.max_writes:
-                        if self._sealed:
-                            batch = self._sealed.pop(0)
-                        elif self._open is not None:
-                            wait_s = self._open.opened + self.gather_s - time.monotonic()
-                            if wait_s <= 0 or self._stopping:
-                                batch, self._open = self._open, None
-                    if batch is not None:
-                        self._writing += 1
-                        break
-                    if self._stopping and self._open is None and not self._sealed and self._writing == 0:
-                        return
-                    self._cond.wait(wait_s)
-            self._writers.submit(self._write_shared, batch)
-
-    def _write_shared(self, batch: _Batch) -> None:
-        try:
-            self._write(batch)
-        finally:
-            with self._cond:
-                self._writing -= 1
-                self._cond.notify_all()
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                self._writing += 1
+            try:
+                self._write(batch)
+            finally:
+                with self._cond:
+                    self._writing -= 1
+                    self._cond.notify_all()
 
     def _write(self, batch: _Batch) -> None:
         """Writes the batch's segment (under a fresh name if it is late) and releases its uploads."""
@@ -375,11 +378,10 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._committer is not None and self._committer is not threading.current_thread():
-            self._committer.join(timeout=30)  # writes what was gathered, then returns
-        if self._writers is not None:
-            self._writers.shutdown(wait=True)
-        with self._cond:  # anything left (a committer that did not finish): fail, the robot retries
+        for t in self._writers:  # they write what was gathered, then return
+            if t is not threading.current_thread():
+                t.join(timeout=30)
+        with self._cond:  # anything left (a writer that did not finish): fail, the robot retries
             leftover = ([self._open] if self._open is not None else []) + self._sealed
             self._open, self._sealed = None, []
             for batch in leftover:

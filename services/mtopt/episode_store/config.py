@@ -40,8 +40,12 @@ class EpisodeStoreConfig(S3Settings):
     """s3 backend: how long a commit may take to appear in the log (several replicas write
     one bucket); watch events are delayed by this much."""
     commit_gather_s: float = 0.003
-    """Group commit: how long a commit-log batch waits for more uploads after the first joined
-    (fewer storage writes under load; adds at most this much to an upload's latency)."""
+    """Group commit: while a segment write is in flight, how long the next batch gathers uploads
+    after its first joined (fewer storage writes under load; adds at most this much to an
+    upload's latency). With no write in flight a batch is written at once."""
+    commit_max_writes: int = 4
+    """Group commit: segment writes in flight at once (while all are busy, the next batch keeps
+    gathering); more suits object stores with a long request latency."""
     watch_poll_s: float = 0.5
     """How often the store polls the commit log for episodes stored by other replicas."""
     max_episode_bytes: int = 64 * 1024 * 1024
@@ -72,6 +76,7 @@ class EpisodeStoreConfig(S3Settings):
         check(self.watch_settle_s >= 0, v("watch_settle_s"), "must be >= 0")
         check(self.watch_poll_s > 0, v("watch_poll_s"), "must be > 0")
         check(0 <= self.commit_gather_s <= 1, v("commit_gather_s"), f"must be in [0, 1] seconds, got {self.commit_gather_s}")
+        check(1 <= self.commit_max_writes <= 64, v("commit_max_writes"), f"must be in [1, 64], got {self.commit_max_writes}")
         check(self.io_workers >= 1, v("io_workers"), "must be >= 1")
         check(self.inline_validate_bytes >= 0, v("inline_validate_bytes"), "must be >= 0")
         check(self.grace_s >= 0, v("grace_s"), "must be >= 0")

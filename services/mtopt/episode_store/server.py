@@ -37,9 +37,10 @@ SERVICE_NAME = episode_store_pb2.DESCRIPTOR.services_by_name["EpisodeStore"].ful
 def build_backend(config: EpisodeStoreConfig) -> EpisodeBackend:
     """The storage backend the config asks for (the local one takes its directory's lock)."""
     if config.backend == "s3":
-        return MinioBackend(**s3_backend_args(config), settle_s=config.watch_settle_s, max_connections=max(config.io_workers, 10),
-                            gather_s=config.commit_gather_s)
-    return LocalDirBackend(config.directory, fsync=config.fsync, gather_s=config.commit_gather_s)
+        return MinioBackend(**s3_backend_args(config), settle_s=config.watch_settle_s,
+                            max_connections=max(config.io_workers, 10),
+                            gather_s=config.commit_gather_s, max_writes=config.commit_max_writes)
+    return LocalDirBackend(config.directory, fsync=config.fsync, gather_s=config.commit_gather_s, max_writes=config.commit_max_writes)
 
 
 @dataclasses.dataclass

@@ -288,3 +288,15 @@ def test_uploads_gather_while_every_segment_writer_is_busy(backend_kind, tmp_pat
     assert results[0].record.storage_key != results[1].record.storage_key
     assert len(log_keys(backend)) == 2
     backend.close()
+
+
+def test_a_batch_goes_once_uploads_stop_joining_it(open_backend):
+    """``quiet_s`` after the last upload joined, the batch is written, long before ``gather_s``."""
+    backend = open_backend()
+    backend.gather_s, backend.quiet_s = 600.0, 0.05  # were gather_s waited for, the futures would time out
+    with backend._cond:  # (re-entrant) all five join before a writer looks at the batch
+        futures = [backend.submit(*new_episode(i)) for i in range(5)]
+    results = [f.result(timeout=30) for f in futures]
+    assert not any(r.already_existed for r in results)
+    assert len({r.record.storage_key for r in results}) == 1 and len(log_keys(backend)) == 1
+    assert backend.submit(*new_episode(9)).result(timeout=30).record.episode_id == "ep-0009"  # a lone one too

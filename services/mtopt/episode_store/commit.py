@@ -10,7 +10,8 @@ readable exactly when it is durable, and a broken upload is never visible.
    and against the uploads of this process still in flight (a second upload of an id waits for
    the first), then joins the open batch, whose name (and stored time) is fixed when it opens;
 2. one of ``max_writes`` writer threads takes the batch once it has gathered uploads for
-   ``gather_s`` after the first joined, or at once when it is full, and writes the segment;
+   ``gather_s`` after the first joined, or ``quiet_s`` after the last joined if that is sooner,
+   or at once when it is full, and writes the segment;
    while every writer is busy, the open batch keeps gathering (more uploads per write under
    load). The writer indexes the segment's ids and acknowledges its uploads.
 
@@ -90,7 +91,7 @@ class _Batch:
 
     def __init__(self, ns: int, name: str, private: bool):
         self.ns, self.name, self.private = ns, name, private
-        self.opened = time.monotonic()
+        self.opened = self.joined = time.monotonic()
         self.entries: list[tuple[NewEpisode, bytes]] = []
         self.futures: list[Future | asyncio.Future] = []  # one per entry: its PutResult
         self.nbytes = 0
@@ -105,7 +106,8 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
     ``settle_s``: how long a commit may take to appear in the log after its stored time
     (several replicas on one bucket; 0 for a single writer, whose commits in flight are
     tracked exactly). ``gather_s``: how long a batch stays open for more uploads after its
-    first one joined. ``max_writes``: segment writes in flight at once. ``single_writer``: no
+    first one joined; ``quiet_s``: or for how long after its last one joined, if that is sooner.
+    ``max_writes``: segment writes in flight at once. ``single_writer``: no
     other process writes this storage (a local directory), so the index never needs a refresh.
     """
 
@@ -114,9 +116,10 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
     PRIVATE_BYTES = 1 << 20  # episodes this big commit alone: they would hold a shared batch up
 
     def __init__(self, settle_s: float = 0.0, gather_s: float = 0.003, max_writes: int = 4, single_writer: bool = False,
-                 refresh_s: float = 0.25):
+                 refresh_s: float = 0.25, quiet_s: float = 0.001):
         self.settle_s = settle_s
         self.gather_s = gather_s
+        self.quiet_s = quiet_s
         self.max_writes = max_writes
         self._settle_ns = int(settle_s * 1e9)
         self._lock = threading.Lock()
@@ -292,6 +295,7 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
     def _enqueue(self, batch: _Batch, new: NewEpisode, data: bytes, future: Future | asyncio.Future) -> None:
         """Adds an upload to ``batch``, sealing a full shared batch; under ``_cond``."""
         batch.entries.append((new, data))
+        batch.joined = time.monotonic()
         batch.futures.append(future)
         batch.nbytes += len(data)
         self._pending[new.episode_id] = batch
@@ -310,16 +314,17 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
     def _next_batch(self) -> _Batch | None:
         """The next batch to write (None: the backend is closed and nothing is left); under
         ``_cond``. A sealed (full) batch goes at once, the open batch once it has gathered for
-        ``gather_s``. A writer only asks when it is idle: while all ``max_writes`` are busy,
+        ``gather_s`` or no upload joined it for ``quiet_s``. A writer only asks when it is idle: while all ``max_writes`` are busy,
         the open batch keeps gathering."""
         while True:
             wait_s = None
             if self._sealed:
                 return self._sealed.pop(0)
             if self._open is not None:
-                wait_s = self._open.opened + self.gather_s - time.monotonic()
+                batch = self._open
+                wait_s = min(batch.opened + self.gather_s, batch.joined + self.quiet_s) - time.monotonic()
                 if wait_s <= 0 or self._stopping:
-                    batch, self._open = self._open, None
+                    self._open = None
                     return batch
             elif self._stopping:
                 return None

@@ -43,6 +43,9 @@ class EpisodeStoreConfig(S3Settings):
     """Group commit: while a segment write is in flight, how long the next batch gathers uploads
     after its first joined (fewer storage writes under load; adds at most this much to an
     upload's latency). With no write in flight a batch is written at once."""
+    commit_quiet_s: float = 0.001
+    """Group commit: a batch also goes once no upload has joined it for this long (few robots
+    uploading at once wait less than commit_gather_s)."""
     commit_max_writes: int = 4
     """Group commit: segment writes in flight at once (while all are busy, the next batch keeps
     gathering); more suits object stores with a long request latency."""
@@ -76,6 +79,7 @@ class EpisodeStoreConfig(S3Settings):
         check(self.watch_settle_s >= 0, v("watch_settle_s"), "must be >= 0")
         check(self.watch_poll_s > 0, v("watch_poll_s"), "must be > 0")
         check(0 <= self.commit_gather_s <= 1, v("commit_gather_s"), f"must be in [0, 1] seconds, got {self.commit_gather_s}")
+        check(0 <= self.commit_quiet_s <= 1, v("commit_quiet_s"), f"must be in [0, 1] seconds, got {self.commit_quiet_s}")
         check(1 <= self.commit_max_writes <= 64, v("commit_max_writes"), f"must be in [1, 64], got {self.commit_max_writes}")
         check(self.io_workers >= 1, v("io_workers"), "must be >= 1")
         check(self.inline_validate_bytes >= 0, v("inline_validate_bytes"), "must be >= 0")

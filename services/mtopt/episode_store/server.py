@@ -39,8 +39,9 @@ def build_backend(config: EpisodeStoreConfig) -> EpisodeBackend:
     if config.backend == "s3":
         return MinioBackend(**s3_backend_args(config), settle_s=config.watch_settle_s,
                             max_connections=max(config.io_workers, 10),
-                            gather_s=config.commit_gather_s, max_writes=config.commit_max_writes)
-    return LocalDirBackend(config.directory, fsync=config.fsync, gather_s=config.commit_gather_s, max_writes=config.commit_max_writes)
+                            gather_s=config.commit_gather_s, quiet_s=config.commit_quiet_s, max_writes=config.commit_max_writes)
+    return LocalDirBackend(config.directory, fsync=config.fsync, gather_s=config.commit_gather_s, quiet_s=config.commit_quiet_s,
+                           max_writes=config.commit_max_writes)
 
 
 @dataclasses.dataclass

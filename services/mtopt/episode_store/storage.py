@@ -46,8 +46,8 @@ class LocalDirBackend(ObjectStoreBackend):
     off only for throwaway test runs.
     """
 
-    def __init__(self, root: Path, *, fsync: bool = True, gather_s: float = 0.003, max_writes: int = 4):
-        super().__init__(settle_s=0.0, gather_s=gather_s, max_writes=max_writes, single_writer=True)
+    def __init__(self, root: Path, *, fsync: bool = True, gather_s: float = 0.003, max_writes: int = 4, quiet_s: float = 0.001):
+        super().__init__(settle_s=0.0, gather_s=gather_s, max_writes=max_writes, single_writer=True, quiet_s=quiet_s)
         self.root = Path(root)
         self._create_locks = [threading.Lock() for _ in range(64)]
         self._fsync = fsync
@@ -195,9 +195,9 @@ class MinioBackend(ObjectStoreBackend):
         self, endpoint: str, bucket: str, access_key: str, secret_key: str, *, secure: bool = False,
         region: str | None = None, create_bucket: bool = True, settle_s: float = 1.0,
         max_connections: int = 32, timeout_s: float = 30.0, gather_s: float = 0.003, max_writes: int = 4,
-        refresh_s: float = 0.25,
+        refresh_s: float = 0.25, quiet_s: float = 0.001,
     ):
-        super().__init__(settle_s=settle_s, gather_s=gather_s, max_writes=max_writes, refresh_s=refresh_s)
+        super().__init__(settle_s=settle_s, gather_s=gather_s, max_writes=max_writes, refresh_s=refresh_s, quiet_s=quiet_s)
         self.endpoint, self.bucket, self._create_bucket = endpoint, bucket, create_bucket
         self.client, self._http = make_minio_client(
             endpoint, access_key, secret_key, secure=secure, region=region, max_connections=max_connections, timeout_s=timeout_s,

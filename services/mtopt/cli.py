@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--learning-rate", type=float, default=1e-3)
     exp.add_argument("--max-episode-steps", type=int, default=4)
     exp.add_argument("--bootstrap-episodes", type=int, default=3000)
-    exp.add_argument("--sd-examples-per-task", type=int, default=300)
+    exp.add_argument("--sd-examples-per-task", type=int, default=1000,
+                     help="labelled final images per task for the initial success detector")
     exp.add_argument("--sd-random-fraction", type=float, default=0.3,
                      help="share of the SD's labelling pool collected with random actions (decorrelating negatives)")
     exp.add_argument("--sd-refresh-every", type=int, default=5,

@@ -45,8 +45,10 @@ class ExperimentConfig:
     """Ablation: one Q-network per task, each with 1/num_tasks of the budget and only its own data."""
     bootstrap_episodes: int = 3000
     """Scripted episodes that seed the data (and the success detector's examples)."""
-    sd_examples_per_task: int = 300
-    """Labelled final images per task for the success detector (half positive where possible)."""
+    sd_examples_per_task: int = 1000
+    """Labelled final images per task for the success detector (half positive where possible).
+    1,000 rather than 300: the SD's held-out accuracy on the shape tasks rose from 0.72-0.82 to
+    0.90-0.95, and mean success at 6,000 steps by 0.10 over three seeds (docs/results.md 1f)."""
     sd_epochs: int = 25
     sd_min_steps: int = 1500
     """The SD trains for at least this many gradient steps (more epochs on small example sets)."""

@@ -11,9 +11,9 @@ readable exactly when it is durable, and a broken upload is never visible.
    the first), then joins the open batch, whose name (and stored time) is fixed when it opens;
 2. one of ``max_writes`` writer threads takes the batch once it has gathered uploads for
    ``gather_s`` after the first joined, or ``quiet_s`` after the last joined if that is sooner,
-   or at once when it is full, and writes the segment;
-   while every writer is busy, the open batch keeps gathering (more uploads per write under
-   load). The writer indexes the segment's ids and acknowledges its uploads.
+   or at once when it is full, and writes the segment. While every writer is busy, the open
+   batch keeps gathering (more uploads per write under load). The writer indexes the
+   segment's ids and acknowledges its uploads.
 
 Idempotency: an id already indexed is ``already_existed`` (same sha256) or EpisodeConflictError
 (other bytes). A crash after a segment was written but before the acknowledgement leaves the
@@ -314,8 +314,8 @@ class ObjectStoreBackend(LogReader, EpisodeBackend):
     def _next_batch(self) -> _Batch | None:
         """The next batch to write (None: the backend is closed and nothing is left); under
         ``_cond``. A sealed (full) batch goes at once, the open batch once it has gathered for
-        ``gather_s`` or no upload joined it for ``quiet_s``. A writer only asks when it is idle: while all ``max_writes`` are busy,
-        the open batch keeps gathering."""
+        ``gather_s`` or no upload joined it for ``quiet_s``. A writer only asks when it is
+        idle: while all ``max_writes`` are busy, the open batch keeps gathering."""
         while True:
             wait_s = None
             if self._sealed:

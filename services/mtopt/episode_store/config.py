@@ -40,9 +40,8 @@ class EpisodeStoreConfig(S3Settings):
     """s3 backend: how long a commit may take to appear in the log (several replicas write
     one bucket); watch events are delayed by this much."""
     commit_gather_s: float = 0.003
-    """Group commit: while a segment write is in flight, how long the next batch gathers uploads
-    after its first joined (fewer storage writes under load; adds at most this much to an
-    upload's latency). With no write in flight a batch is written at once."""
+    """Group commit: how long a commit-log batch gathers uploads after its first joined, at
+    most (fewer storage writes under load; adds at most this much to an upload's latency)."""
     commit_quiet_s: float = 0.001
     """Group commit: a batch also goes once no upload has joined it for this long (few robots
     uploading at once wait less than commit_gather_s)."""

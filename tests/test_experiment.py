@@ -81,3 +81,25 @@ def test_sd_refresh_labels_on_policy_images_from_ground_truth_and_fine_tunes():
         assert label == truth[i, j]  # every new label is the ground truth of an on-policy image
     np.testing.assert_array_equal(grown.images[:2], seed_examples.images)  # earlier examples are kept
     assert 0.0 <= report["flagged_precision"] <= 1.0 and 0.0 <= report["on_policy_accuracy"] <= 1.0
+
+
+def test_q_tower_can_start_from_the_success_detectors_tower():
+    import torch
+
+    from mtopt.core.config import MTOptConfig
+    from mtopt.core.success_detector import SuccessDetector
+    from mtopt.experiment import initial_q_network
+    from mtopt.tasks import TaskCatalogue
+
+    catalogue = TaskCatalogue.load().subset(["lift-any", "place-any"])
+    algo = MTOptConfig(channels=8, tower_stem="conv2")
+    sd = SuccessDetector(catalogue.num_slots, channels=8, stem="conv2")
+    copied = initial_q_network(ExperimentConfig(algo=algo, q_tower_init="sd"), catalogue, sd)
+    fresh = initial_q_network(ExperimentConfig(algo=algo), catalogue, sd)
+    sd_tower = sd.net.tower.state_dict()
+    for name, value in copied.tower.state_dict().items():
+        assert torch.equal(value, sd_tower[name]), name
+        assert value.data_ptr() != sd_tower[name].data_ptr(), f"{name} must be a copy: RL must not move the SD"
+    assert not torch.equal(fresh.tower.convs[0].weight, sd_tower["convs.0.weight"])
+    with pytest.raises(ValueError, match="q_tower_init"):
+        ExperimentConfig(q_tower_init="imagenet")

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 
-from mtopt.core.config import DEFAULT_TOWER_STEM, TOWER_STEMS
+from mtopt.core.config import DEFAULT_TOWER_STEM, Q_TOWER_INITS, TOWER_STEMS
 
 
 def _experiment(args: argparse.Namespace) -> int:
@@ -31,6 +31,7 @@ def _experiment(args: argparse.Namespace) -> int:
         single_task=args.single_task,
         bootstrap_episodes=args.bootstrap_episodes,
         sd_examples_per_task=args.sd_examples_per_task,
+        q_tower_init=args.q_tower_init,
         iterations=args.iterations,
         episodes_per_iteration=args.episodes_per_iteration,
         train_steps_per_iteration=args.train_steps_per_iteration,
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--multi-head", action="store_true", help="ablation: per-task output heads instead of one-hot")
     exp.add_argument("--tower-stem", choices=list(TOWER_STEMS), default=DEFAULT_TOWER_STEM,
                      help="first layers of the conv tower (Q-network and SD): conv2 sees object shape better, ~3x the tower's cost")
+    exp.add_argument("--q-tower-init", choices=list(Q_TOWER_INITS), default="random",
+                     help="start the Q-network's conv tower from random weights or from the initial success detector's tower")
     exp.add_argument("--success-fraction", type=float, default=0.5)
     exp.add_argument("--gamma", type=float, default=0.9, help="discount factor")
     exp.add_argument("--learning-rate", type=float, default=1e-3)

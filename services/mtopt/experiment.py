@@ -22,7 +22,7 @@ import torch
 
 from mtopt.collect import BatchPolicy, Collected, Fleet
 from mtopt.core.bellman import TargetNetworks
-from mtopt.core.config import MTOptConfig
+from mtopt.core.config import Q_TOWER_INITS, MTOptConfig
 from mtopt.core.learner import Learner, TargetComputer
 from mtopt.core.networks import QNetwork
 from mtopt.core.policy import CEMPolicy
@@ -49,6 +49,9 @@ class ExperimentConfig:
     """Labelled final images per task for the success detector (half positive where possible).
     1,000 rather than 300: the SD's held-out accuracy on the shape tasks rose from 0.72-0.82 to
     0.90-0.95, and mean success at 6,000 steps by 0.10 over three seeds (docs/results.md 1f)."""
+    q_tower_init: str = "random"
+    """Where the Q-network's conv tower starts: "random" (He init, as in QT-Opt) or "sd" (a copy of
+    the initial success detector's tower, which has learned colour and shape from the labels)."""
     sd_epochs: int = 25
     sd_min_steps: int = 1500
     """The SD trains for at least this many gradient steps (more epochs on small example sets)."""
@@ -86,6 +89,10 @@ class ExperimentConfig:
     time_limit_s: float = 0.0
     """Stop the RL loop after the first iteration that ends past this many seconds (0 = no limit);
     the final evaluation still runs, and the results say where it stopped."""
+
+    def __post_init__(self):
+        if self.q_tower_init not in Q_TOWER_INITS:
+            raise ValueError(f"q_tower_init must be one of {Q_TOWER_INITS}, got {self.q_tower_init!r}")
 
 
 def _label(episodes, catalogue: TaskCatalogue, sd: SuccessDetector, mode: str, threshold: float) -> list[dict[str, bool]]:
@@ -229,7 +236,7 @@ def train_rl(
     train_steps = train_steps_per_iteration or cfg.train_steps_per_iteration
     rng = np.random.default_rng(cfg.seed + 10)
     torch.manual_seed(cfg.seed)
-    q = QNetwork(catalogue.num_slots, algo.image_size, algo.channels, algo.multi_head, algo.tower_stem).to(cfg.device)
+    q = initial_q_network(cfg, catalogue, sd)
     learner = Learner(q, algo)
     targets = TargetNetworks(q, algo)
     computer = TargetComputer(targets, algo, seed=cfg.seed, device=cfg.device)
@@ -300,6 +307,15 @@ def train_rl(
             "sd_labels": int(len(examples)) if examples is not None else None,
             "train_steps": learner.steps, "wall_s": time.time() - t0, "phase_s": {k: round(v, 1) for k, v in phases.items()},
             "q": q}
+
+
+def initial_q_network(cfg: ExperimentConfig, catalogue: TaskCatalogue, sd: SuccessDetector) -> QNetwork:
+    """A fresh Q-network for `catalogue`; its conv tower copied from the SD's when cfg.q_tower_init is "sd"."""
+    algo = cfg.algo
+    q = QNetwork(catalogue.num_slots, algo.image_size, algo.channels, algo.multi_head, algo.tower_stem).to(cfg.device)
+    if cfg.q_tower_init == "sd":
+        q.tower.load_state_dict(sd.net.tower.state_dict())
+    return q
 
 
 def _phase(phases: dict[str, float], name: str, since: float) -> float:

@@ -10,6 +10,9 @@ TOWER_STEMS = (DEFAULT_TOWER_STEM, "conv2")
 """Conv tower stems: `patch4` (the default) cuts the image into 4x4 patches (stride 4); `conv2`
 starts with a stride-2 4x4 conv at half resolution, ~3x the tower's arithmetic, and sees an
 object's shape (cube or ball, ~6 px wide at 64 px) that 4x4 patches blur."""
+Q_TOWER_INITS = ("random", "sd")
+"""Where `mtopt experiment` starts the Q-network's conv tower: random weights, or a copy of the
+initial success detector's tower (`ExperimentConfig.q_tower_init`)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,7 +51,8 @@ class ExperimentConfig:
     0.90-0.95, and mean success at 6,000 steps by 0.10 over three seeds (docs/results.md 1f)."""
     q_tower_init: str = "random"
     """Where the Q-network's conv tower starts: "random" (He init, as in QT-Opt) or "sd" (a copy of
-    the initial success detector's tower, which has learned colour and shape from the labels)."""
+    the initial success detector's tower, which has learned colour and shape from the labels).
+    "sd" ended lower on both seeds measured (docs/results.md 1g), so it stays an ablation."""
     sd_epochs: int = 25
     sd_min_steps: int = 1500
     """The SD trains for at least this many gradient steps (more epochs on small example sets)."""

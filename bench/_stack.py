@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
+from mtopt.serving.ports import unused_port as free_port
 
 PREFIXES = {
     "model_registry": "MTOPT_MODEL_REGISTRY_", "episode_store": "MTOPT_EPISODE_STORE_",
@@ -34,12 +34,6 @@ PREFIXES = {
     "bellman": "MTOPT_BELLMAN_",
 }
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def proc_status_kib(pid: int, field: str) -> int:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import socket
 import sys
 from pathlib import Path
 
 import pytest
 
+from mtopt.serving import ports as port_helper
 from mtopt.up.monitor import Monitor, Snapshot, render
 from mtopt.up.topology import UpConfig, allocate_ports, build_topology, evaluation_spec, prometheus_targets
 
@@ -54,6 +56,33 @@ def test_ports_are_distinct_and_targets_cover_every_process(tmp_path):
     assert all(t["labels"]["job"].startswith("mtopt-") for t in targets)
     fixed = allocate_ports(dataclasses.replace(cfg, fixed_ports=True))
     assert fixed["episode_store"] == 50051 and fixed["trainer"] == 50056 and fixed["bellman-1"] == 50064
+
+
+def test_chosen_ports_avoid_the_ephemeral_range_where_connections_take_ports():
+    # A port in the ephemeral range can be taken by any outgoing connection before the child binds it
+    # (a CI run lost its labeller that way); ports below it are only ever bound explicitly.
+    low, _ = port_helper.ephemeral_range()
+    chosen = [port_helper.unused_port() for _ in range(64)]
+    assert len(set(chosen)) == len(chosen)
+    if low - 20000 >= 2000:
+        assert all(20000 <= p < low for p in chosen), chosen
+    held = socket.socket()
+    held.bind(("0.0.0.0", chosen[0]))
+    try:
+        assert not port_helper._bindable(chosen[0])
+    finally:
+        held.close()
+
+
+def test_chosen_ports_fall_back_to_the_kernel_when_no_range_is_left(tmp_path, monkeypatch):
+    range_file = tmp_path / "ip_local_port_range"
+    range_file.write_text("1024\t65535\n")
+    monkeypatch.setattr(port_helper, "_RANGE_FILE", range_file)
+    assert port_helper.ephemeral_range() == (1024, 65535)
+    chosen = {port_helper.unused_port() for _ in range(16)}
+    assert len(chosen) == 16 and all(1024 <= p <= 65535 for p in chosen)
+    range_file.write_text("garbage")
+    assert port_helper.ephemeral_range() == (32768, 60999)
 
 
 def test_live_view_and_state_from_scraped_samples(tmp_path):

@@ -17,19 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import socket
 import sys
 from pathlib import Path
 
 from mtopt.up.topology import ProcessSpec
+from mtopt.serving.ports import unused_port as free_port
 
 SERVICE_ADDRESS = re.compile(r"^(dns:///)?([a-z0-9][a-z0-9-]*):(\d+)$")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclasses.dataclass

@@ -9,7 +9,6 @@ import contextlib
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from deploy_helpers import CHART
+from mtopt.serving.ports import unused_port as free_port
 
 RULES = CHART / "alerts" / "mtopt.rules.yaml"
 SCRAPE_INTERVAL_S = 1
@@ -35,12 +35,6 @@ def binary(name: str) -> str:
         pytest.fail(f"{name} is not on PATH: run `bash scripts/install_tools.sh` as root (it installs the Debian "
                     f"package prometheus), or `sudo apt-get install -y --no-install-recommends prometheus`")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PrometheusApi:

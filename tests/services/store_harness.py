@@ -11,7 +11,6 @@ import hashlib
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -25,16 +24,11 @@ import numpy as np
 from mtopt.episode import Episode
 from mtopt.episode_codec import episode_to_proto
 from mtopt.episode_store import EpisodeStoreConfig, start_episode_store
+from mtopt.serving.ports import unused_port as free_port
 from mtopt.v1 import episode_store_pb2 as es_pb
 from mtopt.v1 import episode_store_pb2_grpc as es_grpc
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- MinIO -------------------------------------------------------------------------------------

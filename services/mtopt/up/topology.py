@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import sys
 from pathlib import Path
+
+from mtopt.serving.ports import unused_port
 
 CORE_SERVICES = ("model_registry", "episode_store", "success_detector", "trainer", "log_replay")
 """The singleton services, in start order (each one's dependencies come before it)."""
@@ -98,12 +99,6 @@ class ProcessSpec:
         return f"127.0.0.1:{self.grpc_port}"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def allocate_ports(config: UpConfig) -> dict[str, int]:
     """gRPC and metrics ports of every process, keyed "<name>" and "<name>/metrics"."""
     names = list(CORE_SERVICES) + [f"bellman-{i}" for i in range(config.bellman_workers)]
@@ -111,11 +106,11 @@ def allocate_ports(config: UpConfig) -> dict[str, int]:
     ports: dict[str, int] = {}
     for name in names:
         if name in CORE_SERVICES:
-            ports[name] = DEFAULT_PORTS[name] if config.fixed_ports else free_port()
+            ports[name] = DEFAULT_PORTS[name] if config.fixed_ports else unused_port()
         elif name.startswith("bellman-"):
             i = int(name.split("-")[1])
-            ports[name] = DEFAULT_PORTS["bellman"] + 10 * i if config.fixed_ports else free_port()
-        ports[f"{name}/metrics"] = free_port()
+            ports[name] = DEFAULT_PORTS["bellman"] + 10 * i if config.fixed_ports else unused_port()
+        ports[f"{name}/metrics"] = unused_port()
     return ports
 
 

@@ -36,9 +36,9 @@ def ephemeral_range() -> tuple[int, int]:
 
 
 def _bindable(port: int) -> bool:
-    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET, "127.0.0.1")):
+    for host in ("0.0.0.0", "127.0.0.1"):
         try:
-            with socket.socket(family, socket.SOCK_STREAM) as s:
+            with socket.socket() as s:
                 s.bind((host, port))
         except OSError:
             return False

@@ -42,13 +42,14 @@ def test_lift_tasks_end_clearly_above_scripted_rate(tmp_path):
 def test_cli_quick_run_writes_results(tmp_path, capsys):
     assert main(["experiment", "--quick", "--tasks", "lift-any,place-any", "--out", str(tmp_path), "--no-progress",
                  "--threads", "1", "--episodes-per-iteration", "8", "--train-steps-per-iteration", "5",
-                 "--tower-stem", "conv2"]) == 0
+                 "--tower-stem", "conv2", "--step-penalty", "0.05"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(summary["final_success"]) == {"lift-any", "place-any"}
     assert summary["train_steps"] == 4 * 5
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["config"]["algo"]["impersonation"] == "skill" and len(data["curve"]) == 2
     assert data["config"]["algo"]["tower_stem"] == "conv2"
+    assert data["config"]["algo"]["step_penalty"] == 0.05
     phases = data["rl_phase_s"]  # where the RL loop's time went
     assert set(phases) == {"train", "collect", "label", "sd_refresh", "evaluate"}
     assert phases["train"] > 0 and phases["collect"] > 0 and sum(phases.values()) <= data["wall_s"]

@@ -21,6 +21,7 @@ def _experiment(args: argparse.Namespace) -> int:
         tower_stem=args.tower_stem,
         success_fraction=args.success_fraction,
         gamma=args.gamma,
+        step_penalty=args.step_penalty,
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
     )
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="start the Q-network's conv tower from random weights or from the initial success detector's tower")
     exp.add_argument("--success-fraction", type=float, default=0.5)
     exp.add_argument("--gamma", type=float, default=0.9, help="discount factor")
+    exp.add_argument("--step-penalty", type=float, default=0.0,
+                     help="reward on every non-final step is minus this (QT-Opt used 0.05)")
     exp.add_argument("--learning-rate", type=float, default=1e-3)
     exp.add_argument("--max-episode-steps", type=int, default=4)
     exp.add_argument("--bootstrap-episodes", type=int, default=3000)

@@ -1,0 +1,157 @@
+"""Where does a Q-network put its grasp? Localisation probes for the pick tasks (docs/results.md 1i).
+
+For a scene and a lift task, the probe scores a dense 81 x 81 grid of closing grasps (grip +1,
+terminate -1) with the Q-network's head and takes the grid's argmax: the best grasp the network
+knows, free of any search error. It reports, per task, how often that point is within the grasp
+radius of an object the task wants ("on"), of another object ("wrong"), within 0.25 of a wanted
+object ("near") or further ("far"), and the median distance to the nearest wanted object.
+
+    python scripts/q_probe.py localise runs/flat-s0            # a Q-network saved by `mtopt experiment`
+    python scripts/q_probe.py supervised --steps 1500           # a fresh network trained on ground truth
+
+`supervised` trains the same QNetwork by plain classification instead of Q-learning: 128 grasps
+per step on a fixed pool of 6,000 scenes, 60% aimed near an object (std 0.15) and the rest
+uniform, labelled from the scene (the nearest object within the grasp radius is grasped; success
+when it is one the task wants), cross-entropy on the logit. What it reaches bounds what the
+architecture can resolve; the gap to `localise` on an RL-trained network is the RL signal's.
+
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from mtopt.core.networks import QNetwork
+from mtopt.sim.tabletop import SimConfig, TabletopSim
+from mtopt.tasks import Task, TaskCatalogue
+
+GRID = 81
+GRASP_RADIUS = SimConfig().grasp_radius
+
+
+def wanted(task: Task, colour: str, shape: str) -> bool:
+    goal = task.goal
+    return goal.get("colour", colour) == colour and goal.get("shape", shape) == shape
+
+
+class Scene:
+    """A frozen scene: the camera image and each object's (position, colour, shape)."""
+
+    def __init__(self, sim: TabletopSim):
+        sim.reset()
+        self.image = sim.render()
+        self.objects = [(o.pos.copy(), o.colour, o.shape) for o in sim.objects]
+
+    def outcome(self, task: Task, point: np.ndarray) -> tuple[str, float]:
+        """(on | wrong | near | far, distance to the nearest wanted object) for a grasp at `point`."""
+        dists = [float(np.hypot(*(pos - point))) for pos, _, _ in self.objects]
+        nearest = int(np.argmin(dists))
+        to_wanted = min(d for d, (_, c, s) in zip(dists, self.objects) if wanted(task, c, s))
+        if dists[nearest] <= GRASP_RADIUS:
+            return ("on" if wanted(task, *self.objects[nearest][1:]) else "wrong"), to_wanted
+        return ("near" if to_wanted <= 2 * GRASP_RADIUS else "far"), to_wanted
+
+
+def grasp_grid() -> torch.Tensor:
+    lin = np.linspace(-1.0, 1.0, GRID, dtype=np.float32)
+    xs, ys = np.meshgrid(lin, lin)
+    n = GRID * GRID
+    return torch.from_numpy(np.stack([xs.ravel(), ys.ravel(), np.ones(n, np.float32), -np.ones(n, np.float32)], -1))
+
+
+@torch.no_grad()
+def localise(q: QNetwork, tasks: list[Task], scenes: list[Scene]) -> dict:
+    q.eval()
+    grid = grasp_grid()[None]
+    state = torch.zeros(1, 2)  # gripper open, nothing held: the first step of a pick
+    out = {}
+    for task in tasks:
+        counts = dict.fromkeys(("on", "wrong", "near", "far"), 0)
+        dists = []
+        for scene in scenes:
+            features = q.tower(torch.from_numpy(scene.image[None]))
+            logits = q.head(features, state, grid, torch.tensor([task.index]))[0]
+            kind, d = scene.outcome(task, grid[0, int(logits.argmax()), :2].numpy())
+            counts[kind] += 1
+            dists.append(d)
+        out[task.name] = {k: round(v / len(scenes), 3) for k, v in counts.items()} | {
+            "median_distance": round(float(np.median(dists)), 3)}
+    out["mean_on"] = round(float(np.mean([v["on"] for v in out.values()])), 3)
+    return out
+
+
+def supervised(catalogue: TaskCatalogue, tasks: list[Task], steps: int, seed: int, batch: int = 128) -> tuple[QNetwork, float]:
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    sim = TabletopSim(seed=seed)
+    pool = [Scene(sim) for _ in range(6000)]
+    q = QNetwork(catalogue.num_slots)
+    opt = torch.optim.Adam(q.parameters(), 1e-3)
+    states = torch.zeros(batch, 2)
+    losses = []
+    for _ in range(steps):
+        images, actions, task_ids, labels = [], [], [], []
+        for j in rng.integers(len(pool), size=batch):
+            scene, task = pool[j], tasks[rng.integers(len(tasks))]
+            if rng.random() < 0.6:
+                point = scene.objects[rng.integers(len(scene.objects))][0] + rng.normal(0, 0.15, 2)
+            else:
+                point = rng.uniform(-1, 1, 2)
+            point = np.clip(point, -1, 1)
+            images.append(scene.image)
+            actions.append([point[0], point[1], 1.0, -1.0])
+            task_ids.append(task.index)
+            labels.append(float(scene.outcome(task, point)[0] == "on"))
+        logits = q(torch.from_numpy(np.stack(images)), states, torch.tensor(actions, dtype=torch.float32)[:, None],
+                   torch.tensor(task_ids))[:, 0]
+        loss = F.binary_cross_entropy_with_logits(logits, torch.tensor(labels))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return q, float(np.mean(losses[-200:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    loc = sub.add_parser("localise", help="probe a Q-network saved by `mtopt experiment` (RUN/q.pt)")
+    loc.add_argument("run", type=Path)
+    sup = sub.add_parser("supervised", help="train a fresh Q-network on ground-truth grasps, then probe it")
+    sup.add_argument("--steps", type=int, default=1500)
+    for p in (loc, sup):
+        p.add_argument("--scenes", type=int, default=300, help="held-out scenes per task")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    catalogue = TaskCatalogue.load()
+    lifts = [t for t in catalogue if t.goal.get("kind") == "hold"]
+    t0 = time.time()
+    extra = {}
+    if args.command == "localise":
+        q = QNetwork(catalogue.num_slots)
+        q.load_state_dict(torch.load(args.run / "q.pt"))
+    else:
+        q, extra["final_loss"] = supervised(catalogue, lifts, args.steps, args.seed)
+        extra["steps"] = args.steps
+    held_out = TabletopSim(seed=777_000 + args.seed)
+    scenes = [Scene(held_out) for _ in range(args.scenes)]
+    result = localise(q, lifts, scenes)
+    for name, row in result.items():
+        if isinstance(row, dict):
+            print(f"{name:12s} " + " ".join(f"{k} {v}" for k, v in row.items()))
+    print(json.dumps({"probe": args.command, **extra, "mean_on": result["mean_on"], "seconds": round(time.time() - t0),
+                      "tasks": {k: v for k, v in result.items() if isinstance(v, dict)}}))
+
+
+if __name__ == "__main__":
+    main()

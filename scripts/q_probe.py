@@ -11,8 +11,8 @@ object ("near") or further ("far"), and the median distance to the nearest wante
 
 `supervised` trains the same QNetwork by plain classification instead of Q-learning: 128 grasps
 per step on a fixed pool of 6,000 scenes, 60% aimed near an object (std 0.15) and the rest
-uniform, labelled from the scene (the nearest object within the grasp radius is grasped; success
-when it is one the task wants), cross-entropy on the logit. What it reaches bounds what the
+uniform, each labelled by the simulator itself (its grasp and success rules, no actuation
+noise), cross-entropy on the logit. What it reaches bounds what the
 architecture can resolve; the gap to `localise` on an RL-trained network is the RL signal's.
 
 The last line printed is one JSON object.
@@ -21,6 +21,7 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -35,28 +36,32 @@ from mtopt.tasks import Task, TaskCatalogue
 
 GRID = 81
 GRASP_RADIUS = SimConfig().grasp_radius
-
-
-def wanted(task: Task, colour: str, shape: str) -> bool:
-    goal = task.goal
-    return goal.get("colour", colour) == colour and goal.get("shape", shape) == shape
+EXACT = SimConfig(motion_noise=0.0)  # a grasp lands where it is aimed
 
 
 class Scene:
-    """A frozen scene: the camera image and each object's (position, colour, shape)."""
+    """A frozen scene: its camera image, and the simulator to judge grasps in it.
+
+    Scenes made from one simulator share it: `outcome` puts this scene's objects back first.
+    The fixtures are whichever scene was made last, which a lift task never looks at."""
 
     def __init__(self, sim: TabletopSim):
         sim.reset()
         self.image = sim.render()
-        self.objects = [(o.pos.copy(), o.colour, o.shape) for o in sim.objects]
+        self.objects = [dataclasses.replace(o) for o in sim.objects]
+        self._sim = sim
 
     def outcome(self, task: Task, point: np.ndarray) -> tuple[str, float]:
-        """(on | wrong | near | far, distance to the nearest wanted object) for a grasp at `point`."""
-        dists = [float(np.hypot(*(pos - point))) for pos, _, _ in self.objects]
-        nearest = int(np.argmin(dists))
-        to_wanted = min(d for d, (_, c, s) in zip(dists, self.objects) if wanted(task, c, s))
-        if dists[nearest] <= GRASP_RADIUS:
-            return ("on" if wanted(task, *self.objects[nearest][1:]) else "wrong"), to_wanted
+        """(on | wrong | near | far, distance to the nearest wanted object) for a grasp at `point`:
+        the simulator's own grasp and success rules, on this scene, without actuation noise."""
+        sim = self._sim
+        sim.objects = [dataclasses.replace(o) for o in self.objects]
+        sim.held, sim.closed = None, False
+        goal = task.goal
+        to_wanted = min(float(np.hypot(*(pos - point))) for pos in sim.object_positions(goal.get("colour"), goal.get("shape")))
+        sim.act(np.array([point[0], point[1], 1.0, -1.0], np.float32))
+        if sim.holding:
+            return ("on" if sim.success(task) else "wrong"), to_wanted
         return ("near" if to_wanted <= 2 * GRASP_RADIUS else "far"), to_wanted
 
 
@@ -91,7 +96,7 @@ def localise(q: QNetwork, tasks: list[Task], scenes: list[Scene]) -> dict:
 def supervised(catalogue: TaskCatalogue, tasks: list[Task], steps: int, seed: int, batch: int = 128) -> tuple[QNetwork, float]:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    sim = TabletopSim(seed=seed)
+    sim = TabletopSim(EXACT, seed=seed)
     pool = [Scene(sim) for _ in range(6000)]
     q = QNetwork(catalogue.num_slots)
     opt = torch.optim.Adam(q.parameters(), 1e-3)
@@ -102,7 +107,7 @@ def supervised(catalogue: TaskCatalogue, tasks: list[Task], steps: int, seed: in
         for j in rng.integers(len(pool), size=batch):
             scene, task = pool[j], tasks[rng.integers(len(tasks))]
             if rng.random() < 0.6:
-                point = scene.objects[rng.integers(len(scene.objects))][0] + rng.normal(0, 0.15, 2)
+                point = scene.objects[rng.integers(len(scene.objects))].pos + rng.normal(0, 0.15, 2)
             else:
                 point = rng.uniform(-1, 1, 2)
             point = np.clip(point, -1, 1)
@@ -143,7 +148,7 @@ def main() -> None:
     else:
         q, extra["final_loss"] = supervised(catalogue, lifts, args.steps, args.seed)
         extra["steps"] = args.steps
-    held_out = TabletopSim(seed=777_000 + args.seed)
+    held_out = TabletopSim(EXACT, seed=777_000 + args.seed)
     scenes = [Scene(held_out) for _ in range(args.scenes)]
     result = localise(q, lifts, scenes)
     for name, row in result.items():

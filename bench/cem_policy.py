@@ -47,7 +47,7 @@ from mtopt.core.export import HEAD_FILE, TOWER_FILE, export_onnx_bytes  # noqa: 
 from mtopt.core.networks import QNetwork  # noqa: E402
 from mtopt.core.policy import CEMPolicy  # noqa: E402
 from mtopt.onnx_policy import OnnxCEMPolicy  # noqa: E402
-from mtopt.robot import ACTION_DIM, Observation, canonical_action, is_terminate  # noqa: E402
+from mtopt.robot import ACTION_DIM, CEM_INITIAL_MEAN, Observation, canonical_action, is_terminate  # noqa: E402
 from mtopt.sim import ScriptedPolicy, TabletopSim  # noqa: E402
 from mtopt.tasks import TaskCatalogue  # noqa: E402
 
@@ -96,7 +96,7 @@ class NaiveCEMPolicy:
             return self.q(img.expand(n, -1, -1, -1), st.expand(n, -1), a[0][:, None, :], task.expand(n))[:, 0][None]
 
         best, _ = cem_argmax(score, 1, ACTION_DIM, self.config.cem_iterations, self.config.cem_samples,
-                             self.config.cem_elites, self.generator)
+                             self.config.cem_elites, self.generator, init_mean=CEM_INITIAL_MEAN)
         return canonical_action(best[0].numpy())
 
 

@@ -93,3 +93,36 @@ def test_numpy_cem_finds_known_maximum():
     assert np.abs(best - a0).max() < 0.1
     assert np.isclose(s, -((best - a0) ** 2).sum(), atol=1e-6)
     assert np.all(np.abs(best) <= 1.0)
+
+
+def test_first_population_is_centred_on_init_mean():
+    mean = (0.5, -0.25, 0.0, -0.7)
+    score, calls = quadratic(A0)
+    cem_argmax(score, 3, 4, samples=4096, generator=torch.Generator().manual_seed(3), init_mean=mean)
+    first = calls[0].reshape(-1, 4)  # clamped to [-1, 1], which moves the mean but not the median
+    torch.testing.assert_close(first.median(dim=0).values, torch.tensor(mean), atol=0.04, rtol=0)
+    rng = np.random.default_rng(3)
+    seen = []
+    cem_argmax_np(lambda a: seen.append(a) or -(a ** 2).sum(-1), 4, iterations=1, samples=4096, elites=6, rng=rng,
+                  init_mean=mean)
+    np.testing.assert_allclose(np.median(seen[0], axis=0), mean, atol=0.04)
+
+
+def test_policy_spends_few_first_samples_on_terminate():
+    """Every TERMINATE action is the same action: the policy's first population spends ~12% of
+    its samples on it (CEM_INITIAL_MEAN), not half as a population centred on 0 would."""
+    from mtopt.core.config import MTOptConfig
+    from mtopt.core.networks import QNetwork
+    from mtopt.core.policy import CEMPolicy
+
+    q = QNetwork(32)
+    policy = CEMPolicy(q, MTOptConfig(), seed=0)
+    calls = []
+    score = q.score
+    q.score = lambda f, s, a, t: calls.append(a.clone()) or score(f, s, a, t)
+    rng = np.random.default_rng(0)
+    policy.batch(rng.integers(0, 256, (32, 64, 64, 3), dtype=np.uint8), np.zeros((32, 2), np.float32),
+                 np.zeros(32, np.int64))
+    terminating = (calls[0][..., 3] > 0).float().mean().item()  # 32 states x 64 samples
+    assert 0.07 < terminating < 0.18, terminating
+    assert 0.4 < (calls[0][..., 2] > 0).float().mean().item() < 0.6  # grip stays a coin flip

@@ -6,15 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mtopt.robot import ACTION_DIM, Observation, canonical_action
+from mtopt.robot import ACTION_DIM, CEM_INITIAL_MEAN, Observation, canonical_action
 
 TOWER_FILE, HEAD_FILE = "q_tower.onnx", "q_head.onnx"
 
 
 def cem_argmax_np(score_fn, action_dim: int, iterations: int, samples: int, elites: int,
-                  rng: np.random.Generator, init_std: float = 0.6) -> tuple[np.ndarray, float]:
-    """CEM for one state: `score_fn` maps (N, A) candidates to (N,) scores."""
-    mean = np.zeros(action_dim, np.float32)
+                  rng: np.random.Generator, init_std: float = 0.6,
+                  init_mean=None) -> tuple[np.ndarray, float]:
+    """CEM for one state: `score_fn` maps (N, A) candidates to (N,) scores (`mtopt.core.cem`'s twin)."""
+    mean = np.zeros(action_dim, np.float32) if init_mean is None else np.asarray(init_mean, np.float32).copy()
     std = np.full(action_dim, init_std, np.float32)
     best_a, best_s = mean, -np.inf
     for _ in range(iterations):
@@ -83,5 +84,5 @@ class OnnxCEMPolicy:
             return canonical_action(a)
         (features,) = self.tower.run(None, {"images": obs.image[None]})
         best, _ = cem_argmax_np(lambda a: self._head(features, obs.state, a, task_index), ACTION_DIM,
-                                self.iterations, self.samples, self.elites, self.rng)
+                                self.iterations, self.samples, self.elites, self.rng, init_mean=CEM_INITIAL_MEAN)
         return canonical_action(best)

@@ -39,6 +39,11 @@ import numpy as np
 ACTION_DIM = 4
 STATE_DIM = 2
 ACTION_X, ACTION_Y, ACTION_GRIP, ACTION_TERMINATE = range(ACTION_DIM)
+CEM_INITIAL_MEAN = (0.0, 0.0, 0.0, -0.7)
+"""Centre of the policy's first CEM population (std 0.6 around it). Every TERMINATE action is the
+same action (nothing moves), so a population centred on 0 spends half its samples on it; at
+-0.7 about 12% of them terminate (8 of 64) and the rest search where to grasp or place
+(docs/results.md 1l). The torch and ONNX policies and the Bellman targets all start here."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from mtopt.core.cem import cem_argmax
 from mtopt.core.config import MTOptConfig
 from mtopt.core.networks import QNetwork
-from mtopt.robot import ACTION_DIM
+from mtopt.robot import ACTION_DIM, CEM_INITIAL_MEAN
 
 
 def q_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -56,6 +56,7 @@ def bellman_targets(
         elites=config.cem_elites,
         generator=generator,
         device=img.device,
+        init_mean=CEM_INITIAL_MEAN,
     )
     a = best[:, None, :]
     q1 = torch.sigmoid(q_t1.head(f1, st, a, task)[:, 0])
@@ -93,7 +94,8 @@ def bellman_targets_naive(
             n = a.shape[1]
             return q_t1(img.expand(n, -1, -1, -1), st.expand(n, -1), a[0][:, None, :], task.expand(n))[:, 0][None]
 
-        best, _ = cem_argmax(score, 1, ACTION_DIM, config.cem_iterations, config.cem_samples, config.cem_elites, generator)
+        best, _ = cem_argmax(score, 1, ACTION_DIM, config.cem_iterations, config.cem_samples, config.cem_elites, generator,
+                             init_mean=CEM_INITIAL_MEAN)
         a = best[:, None, :]
         q = min(float(torch.sigmoid(q_t1(img, st, a, task))), float(torch.sigmoid(q_t2(img, st, a, task))))
         out.append(r + config.gamma * q)

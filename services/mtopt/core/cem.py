@@ -1,13 +1,14 @@
 """Cross-entropy method (CEM) over continuous actions, batched over states.
 
-QT-Opt's defaults: 2 iterations of 64 Gaussian samples, refit on the 6 best (elites). The
+QT-Opt's defaults: 2 iterations of 64 Gaussian samples, refit on the 6 best (elites). The first
+population is N(init_mean, init_std); the policy centres it with `mtopt.robot.CEM_INITIAL_MEAN`. The
 score function receives candidate actions (B, N, A) and returns scores (B, N); callers compute
 the image tower once and score candidates with the cheap head only.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -22,11 +23,14 @@ def cem_argmax(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     init_std: float = 0.6,
+    init_mean: Sequence[float] | None = None,
     low: float = -1.0,
     high: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (best action (B, A), its score (B,)) over every sample drawn in every iteration."""
     mean = torch.zeros(batch, action_dim, device=device)
+    if init_mean is not None:
+        mean += torch.as_tensor(init_mean, dtype=mean.dtype, device=device)
     std = torch.full((batch, action_dim), init_std, device=device)
     best_a = torch.zeros(batch, action_dim, device=device)
     best_s = torch.full((batch,), -torch.inf, device=device)

@@ -8,7 +8,7 @@ import torch
 from mtopt.core.cem import cem_argmax
 from mtopt.core.config import MTOptConfig
 from mtopt.core.networks import QNetwork
-from mtopt.robot import ACTION_DIM, Observation, canonical_action
+from mtopt.robot import ACTION_DIM, CEM_INITIAL_MEAN, Observation, canonical_action
 
 
 class CEMPolicy:
@@ -20,8 +20,9 @@ class CEMPolicy:
         action = policy(obs, task_index)
     """
 
-    def __init__(self, q: QNetwork, config: MTOptConfig, epsilon: float = 0.0, seed: int = 0):
-        self.q, self.config, self.epsilon = q, config, epsilon
+    def __init__(self, q: QNetwork, config: MTOptConfig, epsilon: float = 0.0, seed: int = 0,
+                 init_mean=CEM_INITIAL_MEAN):
+        self.q, self.config, self.epsilon, self.init_mean = q, config, epsilon, init_mean
         self.rng = np.random.default_rng(seed)
         self.device = next(q.parameters()).device
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -46,6 +47,7 @@ class CEMPolicy:
             elites=self.config.cem_elites,
             generator=self.generator,
             device=self.device,
+            init_mean=self.init_mean,
         )
         return canonical_action(best.cpu().numpy()), torch.sigmoid(score).cpu().numpy()
 

@@ -26,7 +26,7 @@ from mtopt.collect import Fleet
 from mtopt.core.config import MTOptConfig
 from mtopt.core.networks import QNetwork
 from mtopt.core.policy import CEMPolicy
-from mtopt.experiment import ExperimentConfig, _evaluate
+from mtopt.experiment import ExperimentConfig, evaluate_policy
 from mtopt.robot import CEM_INITIAL_MEAN
 from mtopt.tasks import TaskCatalogue
 
@@ -48,7 +48,7 @@ def main() -> None:
     q.load_state_dict(torch.load(args.run / "q.pt"))
     policy = CEMPolicy(q, dataclasses.replace(MTOptConfig(), cem_samples=args.samples), seed=0, init_mean=init_mean)
     t0 = time.time()
-    rates = _evaluate(Fleet(catalogue, 128, args.seed), catalogue, lambda i, s, t: policy.batch(i, s, t)[0],
+    rates = evaluate_policy(Fleet(catalogue, 128, args.seed), catalogue, lambda i, s, t: policy.batch(i, s, t)[0],
                       ExperimentConfig(eval_episodes_per_task=args.episodes))
     for name, rate in rates.items():
         print(f"{name:20s} {rate:.3f}")

@@ -110,7 +110,9 @@ def _label(episodes, catalogue: TaskCatalogue, sd: SuccessDetector, mode: str, t
     return out
 
 
-def _evaluate(fleet: Fleet, catalogue: TaskCatalogue, policy, cfg: ExperimentConfig) -> dict[str, float]:
+def evaluate_policy(fleet: Fleet, catalogue: TaskCatalogue, policy, cfg: ExperimentConfig) -> dict[str, float]:
+    """Ground-truth success rate per task of `policy` (batched: images, states, tasks -> actions) on
+    `cfg.eval_episodes_per_task` fresh-scene episodes per task."""
     tasks = [t for t in catalogue for _ in range(cfg.eval_episodes_per_task)]
     out = fleet.collect(0, None, policy, cfg.max_episode_steps, fresh_scenes=True, tasks=tasks)
     rates = {}
@@ -287,7 +289,7 @@ def train_rl(
             mark = _phase(phases, "sd_refresh", mark)
         out_of_time = bool(cfg.time_limit_s) and time.time() - t0 > cfg.time_limit_s
         if it % cfg.eval_every == 0 or it == iterations or out_of_time:
-            rates = _evaluate(eval_fleet, catalogue, lambda i, s, t: policy.batch(i, s, t)[0], cfg)
+            rates = evaluate_policy(eval_fleet, catalogue, lambda i, s, t: policy.batch(i, s, t)[0], cfg)
             mark = _phase(phases, "evaluate", mark)
             point = {"iteration": it, "train_steps": learner.steps, "episodes": episodes_total,
                      "wall_s": round(time.time() - t0, 1), "loss": float(np.mean(losses[-train_steps:])),

@@ -10,7 +10,7 @@ from mtopt.core.export import HEAD_FILE, TOWER_FILE, export_onnx, export_onnx_by
 from mtopt.core.learner import Learner, TargetBatch
 from mtopt.core.networks import QNetwork, SuccessDetectorNet, canonical_action_t
 from mtopt.core.policy import CEMPolicy
-from mtopt.robot import ACTION_DIM, Observation, canonical_action
+from mtopt.robot import ACTION_DIM, TERMINATE_ACTION, Observation, canonical_action
 
 SLOTS, SIZE, CH = 32, 64, 8
 
@@ -155,17 +155,35 @@ def test_head_equals_its_direct_definition_with_gradients():
 def test_canonical_action_binarisation():
     a = torch.tensor([[[0.2, -0.4, 0.3, -0.2], [0.2, -0.4, 0.9, -1.0], [1.7, -3.0, 0.01, 0.5], [1.0, -1.0, 1.0, 1.0]]])
     c = canonical_action_t(a)
-    expected = torch.tensor([[[0.2, -0.4, 1.0, -1.0], [0.2, -0.4, 1.0, -1.0], [1.0, -1.0, 1.0, 1.0], [1.0, -1.0, 1.0, 1.0]]])
+    expected = torch.tensor([[[0.2, -0.4, 1.0, -1.0], [0.2, -0.4, 1.0, -1.0], [0.0, 0.0, -1.0, 1.0], [0.0, 0.0, -1.0, 1.0]]])
     torch.testing.assert_close(c, expected, rtol=0, atol=0)
     np.testing.assert_array_equal(canonical_action(a.numpy()), c.numpy())  # torch twin == numpy version
     q = qnet()
     with torch.no_grad():
         out = q(images(1), torch.rand(1, 2), a, torch.tensor([2]))
     assert out[0, 0] == out[0, 1]  # grip 0.3 and 0.9 are the same command
-    assert out[0, 2] == out[0, 3]  # positions clipped, flags binarised
+    assert out[0, 2] == out[0, 3]  # both terminate: one action
     with torch.no_grad():
         other = q(images(1), torch.rand(1, 2), torch.tensor([[[0.2, -0.4, -0.3, -0.2]]]), torch.tensor([2]))
     assert other[0, 0] != out[0, 0]  # but open vs close differ
+
+
+def test_every_terminate_action_is_one_action():
+    """Nothing moves on TERMINATE, so its position and grip must not change what the Q-network sees:
+    a network that saw them valued "terminate over the plate" like "move over the plate"."""
+    rng = np.random.default_rng(4)
+    a = rng.uniform(-0.9, 0.9, (1, 9, ACTION_DIM)).astype(np.float32)
+    a[..., 3] = rng.uniform(0.01, 1.0, 9)  # all TERMINATE, anywhere, any grip
+    c = canonical_action(a)
+    assert c.dtype == np.float32
+    np.testing.assert_array_equal(c, np.broadcast_to(TERMINATE_ACTION, c.shape))
+    np.testing.assert_array_equal(canonical_action_t(torch.from_numpy(a)).numpy(), c)
+    with torch.no_grad():
+        out = qnet()(images(1), torch.rand(1, 2), torch.from_numpy(a), torch.tensor([5]))
+    assert torch.all(out == out[0, 0])
+    moves = a.copy()
+    moves[..., 3] = -0.5  # the same points as moves: they still differ
+    assert len(set(canonical_action(moves)[0, :, 0].tolist())) == 9
 
 
 def test_task_conditioning_changes_the_output():

@@ -47,8 +47,10 @@ def object_of(sim, colour):
 def test_canonical_action():
     a = canonical_action(np.array([1.5, -0.2, 0.3, -0.01], np.float32))
     np.testing.assert_array_equal(a, np.array([1.0, -0.2, 1.0, -1.0], np.float32))
-    a = canonical_action(np.array([[-3.0, 0.5, 0.0, 0.9]], np.float32))
-    np.testing.assert_array_equal(a, [[-1.0, 0.5, -1.0, 1.0]])  # grip 0 -> open (-1)
+    a = canonical_action(np.array([[-3.0, 0.5, 0.0, -0.9]], np.float32))
+    np.testing.assert_array_equal(a, [[-1.0, 0.5, -1.0, -1.0]])  # grip 0 -> open (-1)
+    a = canonical_action(np.array([[-3.0, 0.5, 0.7, 0.9]], np.float32))
+    np.testing.assert_array_equal(a, [[0.0, 0.0, -1.0, 1.0]])  # every TERMINATE is one action
     np.testing.assert_array_equal(
         canonical_action(np.array([0.1, 0.2, 0.3, -0.5])), canonical_action(np.array([0.1, 0.2, 0.9, -1.0]))
     )

@@ -10,7 +10,8 @@ Actions are vectors of ``ACTION_DIM`` floats in [-1, 1]:
     1      y          target gripper y on the table, -1 (bottom) .. 1 (top)
     2      grip       > 0: close the gripper at the target (grasp, keep holding);
                       <= 0: open it at the target (release whatever is held)
-    3      terminate  > 0: TERMINATE, the episode ends here and nothing moves
+    3      terminate  > 0: TERMINATE, the episode ends here and nothing moves (its canonical
+                      form is TERMINATE_ACTION = (0, 0, -1, 1): position and grip are ignored)
 
 State features are ``STATE_DIM`` floats: [gripper_closed, gripper_height] (height 1 = lifted).
 
@@ -39,6 +40,8 @@ import numpy as np
 ACTION_DIM = 4
 STATE_DIM = 2
 ACTION_X, ACTION_Y, ACTION_GRIP, ACTION_TERMINATE = range(ACTION_DIM)
+TERMINATE_ACTION = np.array([0.0, 0.0, -1.0, 1.0], dtype=np.float32)
+"""The canonical form of every TERMINATE action (`canonical_action`)."""
 CEM_INITIAL_MEAN = (0.0, 0.0, 0.0, -0.7)
 """Centre of the policy's first CEM population (std 0.6 around it). Every TERMINATE action is the
 same action (nothing moves), so a population centred on 0 spends half its samples on it; at
@@ -58,13 +61,16 @@ def canonical_action(action: np.ndarray) -> np.ndarray:
     """Maps raw actions (..., ACTION_DIM) to the form the robot executes and the Q-network sees.
 
     Positions are clipped to [-1, 1]; the gripper and terminate commands become exactly +1 or -1,
-    so two actions that do the same thing are the same vector.
+    so two actions that do the same thing are the same vector. Every TERMINATE action becomes
+    `TERMINATE_ACTION`: nothing moves, so its position and grip mean nothing, and a Q-network
+    that saw them would score "terminate at the plate" like "move to the plate" and, searching
+    over them, overestimate the value of stopping (docs/results.md 1m).
     """
     a = np.asarray(action, dtype=np.float32)
     out = np.empty_like(a)
     out[..., :2] = np.clip(a[..., :2], -1.0, 1.0)
     out[..., 2:] = np.where(a[..., 2:] > 0, 1.0, -1.0)
-    return out
+    return np.where(out[..., ACTION_TERMINATE : ACTION_TERMINATE + 1] > 0, TERMINATE_ACTION, out)
 
 
 def is_terminate(action: np.ndarray) -> bool:

@@ -19,14 +19,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from mtopt.core.config import DEFAULT_TOWER_STEM, TOWER_STEMS
-from mtopt.robot import ACTION_DIM, STATE_DIM
+from mtopt.robot import ACTION_DIM, ACTION_TERMINATE, STATE_DIM, TERMINATE_ACTION
 
 
 def canonical_action_t(actions: torch.Tensor) -> torch.Tensor:
-    """Torch twin of `mtopt.robot.canonical_action`: clip positions, binarise grip/terminate."""
+    """Torch twin of `mtopt.robot.canonical_action`: clip positions, binarise grip/terminate, and
+    every TERMINATE action becomes the one vector `TERMINATE_ACTION`."""
     pos = actions[..., :2].clamp(-1.0, 1.0)
     flags = torch.where(actions[..., 2:] > 0, 1.0, -1.0).to(actions.dtype)
-    return torch.cat([pos, flags], dim=-1)
+    out = torch.cat([pos, flags], dim=-1)
+    terminate = out[..., ACTION_TERMINATE :] > 0
+    return torch.where(terminate, torch.as_tensor(TERMINATE_ACTION, dtype=actions.dtype, device=actions.device), out)
 
 
 class ConvTower(nn.Module):

@@ -70,8 +70,8 @@ def test_sd_refresh_labels_on_policy_images_from_ground_truth_and_fine_tunes():
     pending = [fleet.collect(40, choose, None, 4), fleet.collect(40, choose, random_batch_policy(rng), 4)]
     sd = SuccessDetector(catalogue.num_slots, channels=8)
     seed_examples = LabelledExamples(np.zeros((2, 64, 64, 3), np.uint8), np.array([0, 8]), np.array([True, False]))
-    cfg = ExperimentConfig(sd_refresh_labels=6, sd_refresh_steps=3)
-    grown, report = refresh_sd(sd, seed_examples, pending, catalogue, cfg, rng)
+    cfg = ExperimentConfig(sd_refresh_labels=6, sd_refresh_steps=3, sd_refresh_share=0.5)
+    grown, report = refresh_sd(sd, seed_examples, pending, catalogue, cfg, rng, initial=2)
 
     assert report["labels"] == 2 * 6 and len(grown) == 2 + 12 and sd.version == 1
     finals = np.stack([e.final_image for c in pending for e in c.episodes])
@@ -82,6 +82,26 @@ def test_sd_refresh_labels_on_policy_images_from_ground_truth_and_fine_tunes():
         assert label == truth[i, j]  # every new label is the ground truth of an on-policy image
     np.testing.assert_array_equal(grown.images[:2], seed_examples.images)  # earlier examples are kept
     assert 0.0 <= report["flagged_precision"] <= 1.0 and 0.0 <= report["on_policy_accuracy"] <= 1.0
+
+
+def test_refresh_weights_give_on_policy_labels_their_share():
+    import numpy as np
+
+    from mtopt.experiment import refresh_weights
+
+    w = refresh_weights(13_000 + 130, 13_000, 0.5)
+    assert w.shape == (13_130,) and np.isclose(w.sum(), 1.0)
+    assert np.isclose(w[13_000:].sum(), 0.5) and np.isclose(w[:13_000].sum(), 0.5)
+    assert w[13_000] / w[0] == 100.0  # each on-policy label is drawn 100x as often as a bootstrap one
+    assert refresh_weights(13_130, 13_000, 0.0) is None  # uniform: the fit visits every row once
+    assert refresh_weights(13_000, 13_000, 0.5) is None  # no refresh labels yet
+    assert refresh_weights(130, 0, 0.5) is None
+
+
+def test_sd_refresh_share_must_be_a_fraction():
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="sd_refresh_share"):
+            ExperimentConfig(sd_refresh_share=bad)
 
 
 def test_q_tower_can_start_from_the_success_detectors_tower():

@@ -37,6 +37,35 @@ def test_success_detector_learns_a_separable_task():
     assert sd.predict(np.zeros((0, SIZE, SIZE, 3), np.uint8), [0, 1]).shape == (0, 2)
 
 
+def test_fit_weights_decide_which_examples_train():
+    # the same red images twice, once labelled success and once failure: the weights pick the winner
+    rng = np.random.default_rng(1)
+    red = colour_images((220, 40, 40), 32, rng)
+    train = LabelledExamples(np.concatenate([red, red]), np.zeros(64, np.int64),
+                             np.concatenate([np.ones(32, bool), np.zeros(32, bool)]))
+    probe = colour_images((220, 40, 40), 16, rng)
+    for positive_weight, expect_success in ((1.0, True), (0.0, False)):
+        torch.manual_seed(0)
+        sd = SuccessDetector(SLOTS, SIZE, CH)
+        w = np.concatenate([np.full(32, positive_weight), np.full(32, 1.0 - positive_weight)])
+        sd.fit(train, epochs=8, seed=0, weights=w)
+        p = sd.predict(probe, [0])[:, 0]
+        assert ((p > 0.5) == expect_success).all(), (positive_weight, p)
+
+
+def test_fit_rejects_bad_weights():
+    ex = LabelledExamples(np.zeros((3, SIZE, SIZE, 3), np.uint8), np.zeros(3, np.int64), np.array([True, False, True]))
+    sd = SuccessDetector(SLOTS, SIZE, CH)
+    for bad in (np.ones(2), np.array([1.0, -1.0, 1.0]), np.zeros(3), np.array([1.0, np.nan, 1.0])):
+        try:
+            sd.fit(ex, epochs=1, weights=bad)
+        except ValueError as e:
+            assert "weights" in str(e)
+        else:
+            raise AssertionError(f"accepted weights {bad}")
+    assert sd.version == 0  # nothing trained
+
+
 def _outcomes_fixture(catalogue):
     """Images 0-3: hold red (lift-any, lift-red); 4-13: hold blue (lift-any, lift-blue);
     14-23: nothing held, nothing placed (no success); 24-27: on plate (place skill only)."""

@@ -49,6 +49,7 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
         sd_random_fraction=args.sd_random_fraction,
         sd_refresh_every=args.sd_refresh_every,
         sd_refresh_labels=args.sd_refresh_labels,
+        sd_refresh_share=args.sd_refresh_share,
         sd_min_steps=args.sd_min_steps,
         device=args.device,
         time_limit_s=args.time_limit,
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--sd-refresh-every", type=int, default=e.sd_refresh_every,
                      help="label on-policy final images and fine-tune the SD every N iterations (0 = never)")
     exp.add_argument("--sd-refresh-labels", type=int, default=e.sd_refresh_labels, help="labels per task per SD refresh")
+    exp.add_argument("--sd-refresh-share", type=float, default=e.sd_refresh_share,
+                     help="share of every SD fine-tune batch drawn from the refreshes' on-policy labels (0 = uniform)")
     exp.add_argument("--sd-min-steps", type=int, default=e.sd_min_steps,
                      help="the initial SD trains for at least this many gradient steps (batch 64)")
     exp.add_argument("--device", default=e.device, help="torch device: cpu or cuda")

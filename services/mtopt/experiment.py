@@ -125,12 +125,15 @@ def refresh_sd(
     catalogue: TaskCatalogue,
     cfg: ExperimentConfig,
     rng: np.random.Generator,
+    initial: int = 0,
 ) -> tuple[LabelledExamples, dict]:
     """Labels some on-policy final images per task, fine-tunes the SD on all examples so far.
 
     Half of each task's labels go to images the SD currently calls a success for that task (where
-    the policy finds the SD's false positives), the rest to images drawn at random. Returns the
-    grown example set and what the labels showed about the SD before the fine-tune.
+    the policy finds the SD's false positives), the rest to images drawn at random. The first
+    `initial` examples are the bootstrap set; every later one was labelled by a refresh, and those
+    fill `cfg.sd_refresh_share` of each fine-tune batch. Returns the grown example set and what the
+    labels showed about the SD before the fine-tune.
     """
     finals = np.stack([e.final_image for c in pending for e in c.episodes])
     truth = np.concatenate([c.ground_truth for c in pending])
@@ -155,10 +158,23 @@ def refresh_sd(
     )
     batches_per_epoch = max(1, -(-len(grown) // 64))
     sd.fit(grown, epochs=max(1, round(cfg.sd_refresh_steps / batches_per_epoch)), batch_size=64,
-           seed=int(rng.integers(1 << 31)))
+           seed=int(rng.integers(1 << 31)), weights=refresh_weights(len(grown), initial, cfg.sd_refresh_share))
     on_policy_accuracy = float((pred == truth).mean())
     return grown, {"labels": int(sum(len(t) for t in tasks)), "flagged_precision": flagged_true / max(1, flagged_total),
                    "on_policy_accuracy": on_policy_accuracy}
+
+
+def refresh_weights(total: int, initial: int, share: float) -> np.ndarray | None:
+    """Sampling weights that give the on-policy labels (rows `initial:`) `share` of every batch.
+
+    None (uniform over all rows) when `share` is 0 or one of the two groups is empty.
+    """
+    on_policy = total - initial
+    if not share or not on_policy or not initial:
+        return None
+    w = np.full(total, (1.0 - share) / initial)
+    w[initial:] = share / on_policy
+    return w
 
 
 def train_rl(
@@ -193,6 +209,7 @@ def train_rl(
     eval_fleet = Fleet(catalogue, cfg.num_robots * 4, cfg.seed + 30)
     choose = lambda r: catalogue.tasks[r.integers(len(catalogue))]
     curve, losses, refreshes, pending = [], [], [], []
+    initial = len(examples) if examples is not None else 0  # rows after this one come from SD refreshes
     # wall seconds of each part of the loop ("train": sampling, Bellman targets and the update)
     phases = dict.fromkeys(("train", "collect", "label", "sd_refresh", "evaluate"), 0.0)
     episodes_total, t0 = len(own), time.time()
@@ -219,7 +236,7 @@ def train_rl(
         pending.append(out)
         mark = _phase(phases, "label", mark)
         if examples is not None and cfg.sd_refresh_every and it % cfg.sd_refresh_every == 0:
-            examples, report = refresh_sd(sd, examples, pending, catalogue, cfg, rng)
+            examples, report = refresh_sd(sd, examples, pending, catalogue, cfg, rng, initial)
             pending = []
             kept = list(buffer.episodes.values())
             buffer.relabel_many({e.episode_id: o for e, o in

@@ -42,6 +42,10 @@ class ExperimentConfig:
     """Labels per task per refresh: half from images the SD currently calls a success for the task."""
     sd_refresh_steps: int = 300
     """Gradient steps of each SD fine-tune (on all examples labelled so far)."""
+    sd_refresh_share: float = 0.0
+    """Share of every SD fine-tune batch drawn from the on-policy labels of the refreshes (the rest
+    from the bootstrap examples). 0 = uniform over all examples, where ~130 new labels among
+    13,000 are each seen about once per fine-tune."""
     iterations: int = 60
     episodes_per_iteration: int = 64
     train_steps_per_iteration: int = 60
@@ -66,5 +70,7 @@ class ExperimentConfig:
     the final evaluation still runs, and the results say where it stopped."""
 
     def __post_init__(self):
+        if not 0.0 <= self.sd_refresh_share < 1.0:
+            raise ValueError(f"sd_refresh_share must be in [0, 1), got {self.sd_refresh_share}")
         if self.q_tower_init not in Q_TOWER_INITS:
             raise ValueError(f"q_tower_init must be one of {Q_TOWER_INITS}, got {self.q_tower_init!r}")

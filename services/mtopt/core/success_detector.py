@@ -81,20 +81,38 @@ class SuccessDetector:
         self.version = 0
 
     def fit(
-        self, examples: LabelledExamples, epochs: int = 30, batch_size: int = 64, lr: float = 1e-3, seed: int = 0
+        self, examples: LabelledExamples, epochs: int = 30, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
+        weights: np.ndarray | None = None,
     ) -> list[float]:
-        """Supervised training (positive class re-weighted to balance); returns the loss per epoch."""
+        """Supervised training (positive class re-weighted to balance); returns the loss per epoch.
+
+        Without `weights` every epoch visits each example once. With `weights` (one non-negative
+        value per example) an epoch draws as many rows, with replacement, each in proportion to its
+        weight: how a few hard examples get a fixed share of every batch.
+        """
         g = torch.Generator().manual_seed(seed)
         images = torch.from_numpy(examples.images)
         tasks = torch.from_numpy(examples.tasks)
         labels = torch.from_numpy(examples.labels.astype(np.float32))
-        pos = float(labels.mean()) if len(labels) else 0.5
+        p = None
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)
+            if w.shape != (len(examples),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+                raise ValueError(f"weights must be {len(examples)} finite non-negative values with a positive sum")
+            p = torch.from_numpy(w / w.sum())
+        if p is not None:
+            pos = float((p * labels.double()).sum())
+        else:
+            pos = float(labels.mean()) if len(labels) else 0.5
         pos_weight = torch.tensor((1 - pos) / max(pos, 1e-3)).clamp(0.2, 5.0).to(self.device)
         opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         history = []
         self.net.train()
         for _ in range(epochs):
-            order = torch.randperm(len(labels), generator=g)
+            if p is None:
+                order = torch.randperm(len(labels), generator=g)
+            else:
+                order = torch.multinomial(p, len(labels), replacement=True, generator=g)
             total = 0.0
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]

@@ -84,20 +84,6 @@ def test_sd_refresh_labels_on_policy_images_from_ground_truth_and_fine_tunes():
     assert 0.0 <= report["flagged_precision"] <= 1.0 and 0.0 <= report["on_policy_accuracy"] <= 1.0
 
 
-def test_refresh_weights_give_on_policy_labels_their_share():
-    import numpy as np
-
-    from mtopt.experiment import refresh_weights
-
-    w = refresh_weights(13_000 + 130, 13_000, 0.5)
-    assert w.shape == (13_130,) and np.isclose(w.sum(), 1.0)
-    assert np.isclose(w[13_000:].sum(), 0.5) and np.isclose(w[:13_000].sum(), 0.5)
-    assert w[13_000] / w[0] == 100.0  # each on-policy label is drawn 100x as often as a bootstrap one
-    assert refresh_weights(13_130, 13_000, 0.0) is None  # uniform: the fit visits every row once
-    assert refresh_weights(13_000, 13_000, 0.5) is None  # no refresh labels yet
-    assert refresh_weights(130, 0, 0.5) is None
-
-
 def test_sd_refresh_share_must_be_a_fraction():
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="sd_refresh_share"):

@@ -1,9 +1,10 @@
 """Unit tests of the success detector (training on labelled final images) and of example selection."""
 
 import numpy as np
+import pytest
 import torch
 
-from mtopt.core.success_detector import LabelledExamples, SuccessDetector, select_examples
+from mtopt.core.success_detector import LabelledExamples, SuccessDetector, select_examples, share_weights
 
 SLOTS, SIZE, CH = 32, 64, 8
 
@@ -51,6 +52,20 @@ def test_fit_weights_decide_which_examples_train():
         sd.fit(train, epochs=8, seed=0, weights=w)
         p = sd.predict(probe, [0])[:, 0]
         assert ((p > 0.5) == expect_success).all(), (positive_weight, p)
+
+
+def test_share_weights_give_a_few_focus_rows_their_share_of_every_batch():
+    focus = np.arange(13_130) >= 13_000  # 130 refresh labels after 13,000 bootstrap examples
+    w = share_weights(focus, 0.5)
+    assert w.shape == (13_130,) and np.isclose(w.sum(), 1.0)
+    assert np.isclose(w[focus].sum(), 0.5) and np.isclose(w[~focus].sum(), 0.5)
+    assert np.isclose(w[13_000] / w[0], 100.0)  # each focus row is drawn 100x as often
+    assert np.isclose(share_weights(focus, 0.25)[focus].sum(), 0.25)
+    assert share_weights(focus, 0.0) is None  # uniform: fit visits every row once per epoch
+    assert share_weights(np.zeros(5, bool), 0.5) is None and share_weights(np.ones(5, bool), 0.5) is None
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="share"):
+            share_weights(focus, bad)
 
 
 def test_fit_rejects_bad_weights():

@@ -114,6 +114,7 @@ def test_labeller_runs_on_with_continuous_labelling(tmp_path):
     assert not labeller.exits  # a long-running process: the supervisor reports it if it ends
     config = _config_module("labeller").load_config(labeller.env)
     assert config.refresh_every_s == 60.0 and config.refresh_labels_per_task == 10
+    assert config.refresh_focus_share == cfg.sd_refresh_share == 0.5
     one_shot = dataclasses.replace(cfg, sd_refresh_every_s=0, sd_refresh_labels=4)
     labeller = next(s for s in build_topology(one_shot, allocate_ports(one_shot)) if s.role == "labeller")
     assert labeller.exits and _config_module("labeller").load_config(labeller.env).refresh_every_s == 0

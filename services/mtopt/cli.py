@@ -79,7 +79,7 @@ def up_config(args: argparse.Namespace) -> UpConfig:
         min_model_step=args.min_model_step, publish_every_steps=args.publish_every_steps,
         sd_examples_per_task=args.sd_examples_per_task, sd_min_episodes=args.sd_min_episodes,
         sd_train_steps=args.sd_train_steps, sd_refresh_every_s=args.sd_refresh_every, sd_refresh_labels=args.sd_refresh_labels,
-        epsilon=args.epsilon, threads_per_process=args.threads,
+        sd_refresh_share=args.sd_refresh_share, epsilon=args.epsilon, threads_per_process=args.threads,
         episode_period_s=args.episode_period, train_steps=args.train_steps, eval_s=args.eval, eval_epsilon=args.eval_epsilon,
     )
 
@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continuous labelling: label on-policy final images and train a new SD version every S seconds "
                          "(0 = train the first version only)")
     up.add_argument("--sd-refresh-labels", type=int, default=u.sd_refresh_labels, help="labels per task per continuous-labelling round")
+    up.add_argument("--sd-refresh-share", type=float, default=u.sd_refresh_share,
+                    help="share of every SD training batch drawn from the continuous-labelling rounds' labels (0 = uniform)")
     up.add_argument("--epsilon", type=float, default=u.epsilon, help="robots' random-action probability per step")
     up.add_argument("--episode-period", type=float, default=u.episode_period_s, help="shortest seconds per simulated episode")
     up.add_argument("--threads", type=int, default=u.threads_per_process, help="torch threads per process")

@@ -30,6 +30,7 @@ from mtopt.core.success_detector import (
     LabelledExamples,
     SuccessDetector,
     select_examples,
+    share_weights,
 )
 from mtopt.experiment_config import ExperimentConfig
 from mtopt.experiment_report import plot_curve, results_table
@@ -158,23 +159,10 @@ def refresh_sd(
     )
     batches_per_epoch = max(1, -(-len(grown) // 64))
     sd.fit(grown, epochs=max(1, round(cfg.sd_refresh_steps / batches_per_epoch)), batch_size=64,
-           seed=int(rng.integers(1 << 31)), weights=refresh_weights(len(grown), initial, cfg.sd_refresh_share))
+           seed=int(rng.integers(1 << 31)), weights=share_weights(np.arange(len(grown)) >= initial, cfg.sd_refresh_share))
     on_policy_accuracy = float((pred == truth).mean())
     return grown, {"labels": int(sum(len(t) for t in tasks)), "flagged_precision": flagged_true / max(1, flagged_total),
                    "on_policy_accuracy": on_policy_accuracy}
-
-
-def refresh_weights(total: int, initial: int, share: float) -> np.ndarray | None:
-    """Sampling weights that give the on-policy labels (rows `initial:`) `share` of every batch.
-
-    None (uniform over all rows) when `share` is 0 or one of the two groups is empty.
-    """
-    on_policy = total - initial
-    if not share or not on_policy or not initial:
-        return None
-    w = np.full(total, (1.0 - share) / initial)
-    w[initial:] = share / on_policy
-    return w
 
 
 def train_rl(

@@ -75,6 +75,11 @@ class LabellerConfig:
     """Training steps of a round's SD version (warm-started from the serving one; 0: the success_detector's default)."""
     refresh_warm_start: bool = True
     """Warm-start a round's SD version from the serving version (else train from scratch)."""
+    refresh_focus_share: float = 0.5
+    """Share of every training batch of a round's SD version drawn from the labels of the refresh
+    rounds (source "sim_on_policy"), the rest from the first version's examples. 0: all drawn
+    equally, where a round's ~130 labels among thousands are each seen about once
+    (docs/results.md 1n)."""
     refresh_train_timeout_s: float = 600.0
     """How long a round waits for its version to become READY (still training: checked again next round)."""
     refresh_max_episodes: int = 4096
@@ -93,6 +98,7 @@ class LabellerConfig:
         check(self.refresh_every_s >= 0, v("refresh_every_s"), "must be >= 0 (0: no continuous labelling)")
         check(self.refresh_labels_per_task >= 1, v("refresh_labels_per_task"), "must be >= 1")
         check(self.refresh_train_steps >= 0, v("refresh_train_steps"), "must be >= 0")
+        check(0.0 <= self.refresh_focus_share < 1.0, v("refresh_focus_share"), f"must lie in [0, 1), got {self.refresh_focus_share}")
         check(self.refresh_train_timeout_s > 0, v("refresh_train_timeout_s"), "must be > 0")
         check(self.refresh_max_episodes >= 1, v("refresh_max_episodes"), "must be >= 1")
         check(1 <= self.classify_batch <= 1024, v("classify_batch"), "must lie in [1, 1024]")

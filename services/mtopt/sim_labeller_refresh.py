@@ -11,7 +11,8 @@ plate"). A labelling team therefore keeps labelling what the robots do now. Ever
    (where the policy finds the false positives) plus random others up to
    ``refresh_labels_per_task``, and labels them from the simulator's ground truth;
 3. adds them with AddExamples (ids "<episode_id>/<task>": a restarted labeller re-adds nothing);
-4. trains a new version on every example so far, warm-started from the serving one,
+4. trains a new version on every example so far, warm-started from the serving one, with the
+   refresh labels (source ``ON_POLICY_SOURCE``) filling ``refresh_focus_share`` of every batch,
    TrainVersion(promote_when_ready=True), and waits (bounded) for READY. log_replay sees the new
    serving version and relabels its buffers.
 
@@ -47,6 +48,8 @@ log = logging.getLogger("mtopt.sim_labeller")
 ROUND_RESULTS = ("trained", "no_new_episodes", "no_new_labels", "still_training", "train_failed", "train_timeout", "error")
 """Values of the ``result`` label of mtopt_sim_labeller_refresh_rounds_total."""
 OUTCOMES = ("positive", "negative")
+ON_POLICY_SOURCE = "sim_on_policy"
+"""LabelledExample.source of the refresh rounds' labels (the first version's are "sim_ground_truth")."""
 
 
 @dataclasses.dataclass
@@ -216,7 +219,7 @@ class RefreshLoop:
                 success = bool(truth[i, j])
                 report.labels.append((f"{ids[i]}/{task.name}", task.name, success))
                 examples.append(sd_pb.LabelledExample(example_id=f"{ids[i]}/{task.name}", image=images[i], task=task.name,
-                                                      success=success, source="sim_ground_truth", episode_id=ids[i]))
+                                                      success=success, source=ON_POLICY_SOURCE, episode_id=ids[i]))
         # positives and negatives in separate calls: each reply's `added` then counts one outcome exactly
         for outcome, success in zip(OUTCOMES, (True, False)):
             group = [e for e in examples if e.success == success]
@@ -261,7 +264,9 @@ class RefreshLoop:
         key = hashlib.sha256("\n".join([str(base), str(self._attempt), *sorted(i for i, _, _ in report.labels)]).encode())
         request = sd_pb.TrainVersionRequest(
             request_id=f"sim-labeller/{self.config.seed}/refresh/{key.hexdigest()[:24]}", tasks=tasks, base_version=base,
-            train_steps=self.config.refresh_train_steps, promote_when_ready=True)
+            train_steps=self.config.refresh_train_steps, promote_when_ready=True,
+            focus_source=ON_POLICY_SOURCE if self.config.refresh_focus_share else "",
+            focus_share=self.config.refresh_focus_share)
         version = retry_idempotent(lambda: self.labeller.sd.TrainVersion(request), self.labeller.retry).version
         self._training, self._untrained = int(version.version), False
         report.trained_version = self._training

@@ -51,5 +51,6 @@ def test_chart_env_is_a_valid_config(scenario):
             assert config.device == "cuda"
         if module == "mtopt.sim_labeller":
             assert config.refresh_every_s == 60 and config.refresh_labels_per_task == 10
+            assert config.refresh_focus_share == 0.5
         checked += 1
     assert checked >= 6

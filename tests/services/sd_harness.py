@@ -91,9 +91,10 @@ class SdHarness(ServiceHarness):
         return reply
 
     def train(self, request_id: str | None = None, tasks: Sequence[str] = (), steps: int = 0, promote: bool = True,
-              base_version: int = 0) -> sd_pb.SdVersion:
+              base_version: int = 0, focus_source: str = "", focus_share: float = 0.0) -> sd_pb.SdVersion:
         request = sd_pb.TrainVersionRequest(request_id=request_id or uuid.uuid4().hex, tasks=list(tasks), train_steps=steps,
-                                            promote_when_ready=promote, base_version=base_version)
+                                            promote_when_ready=promote, base_version=base_version,
+                                            focus_source=focus_source, focus_share=focus_share)
         return self.stub.TrainVersion(request, timeout=30).version
 
     def wait_version(self, version: int, timeout: float = 120) -> sd_pb.SdVersion:

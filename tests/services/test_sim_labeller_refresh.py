@@ -24,7 +24,7 @@ from sd_harness import make_sd  # noqa: F401 - fixture
 from store_harness import free_port
 from mtopt.serving.config import ConfigError
 from mtopt.sim_labeller import LabellerConfig, SimLabeller, load_config
-from mtopt.sim_labeller_refresh import RefreshLoop, pick_labels
+from mtopt.sim_labeller_refresh import ON_POLICY_SOURCE, RefreshLoop, pick_labels
 from mtopt.success_detector.storage import example_hash
 from mtopt.tasks import TaskCatalogue
 from mtopt.v1 import success_detector_pb2 as sd_pb
@@ -77,6 +77,12 @@ def test_round_labels_on_policy_images_and_promotes_a_new_version(stack):
         assert report.trained_version == report.ready_version == 2
         serving = sd.stub.GetVersion(sd_pb.GetSdVersionRequest(version=0), timeout=10)
         assert serving.version == 2 and serving.base_version == 1 and serving.serving
+        # the round's labels (their own source) fill half of every batch of the new version
+        record = sd.server.versions.records[2]
+        assert (record.focus_source, record.focus_share) == (ON_POLICY_SOURCE, 0.5)
+        example = sd_pb.LabelledExample.FromString(sd.server.versions.storage.get_example(
+            example_hash(report.labels[0][0]), report.labels[0][1], report.labels[0][2]))
+        assert example.source == ON_POLICY_SOURCE
         assert _metric(labeller, "mtopt_sim_labeller_sd_version") == 2
 
         # every label is the ground truth of an episode of this round, stored under "<episode_id>/<task>"

@@ -83,6 +83,10 @@ def test_train_version_rejects(make_registry, make_sd):
     assert code_of(lambda: train(train_steps=1001)) == StatusCode.INVALID_ARGUMENT
     sd.add_examples(_images(3, seed=5), [TASK] * 3, [False] * 3)
     assert code_of(lambda: train(base_version=7)) == StatusCode.NOT_FOUND
+    for bad in ({"focus_share": 1.0, "focus_source": "human"}, {"focus_share": -0.1, "focus_source": "human"},
+                {"focus_share": float("nan"), "focus_source": "human"}, {"focus_share": 0.5},  # a share needs a source
+                {"focus_share": 0.5, "focus_source": "x" * 300}):
+        assert code_of(lambda: train(**bad)) == StatusCode.INVALID_ARGUMENT, bad
     assert not [k for k in sd.stored_keys() if not k.startswith("success_detector/examples/")]
     assert sd.metric("mtopt_success_detector_rejected_total", reason="no_examples") == 3
     assert sd.metric("mtopt_success_detector_rejected_total", reason="unknown_task") == 1

@@ -77,6 +77,23 @@ def test_train_ready_classify_separates_successes(make_registry, make_sd, sim_da
     assert sd.metric("mtopt_success_detector_images_classified_total") == 83
 
 
+def test_focus_source_decides_between_contradicting_labels(make_registry, make_sd):
+    # The same kind of image labelled a success by one source and a failure by another: the
+    # version follows whichever source fills 90% of its batches (TrainVersion focus_source/share).
+    sd = make_sd(make_registry(), train_steps=200)
+    rng = np.random.default_rng(3)
+    red = lambda n: np.clip(np.full((n, 64, 64, 3), (200, 50, 50)) + rng.integers(-20, 21, (n, 64, 64, 3)), 0, 255).astype(np.uint8)  # noqa: E731
+    sd.add_examples(red(40), [TASK] * 40, [True] * 40, ids=[f"boot-{i}" for i in range(40)], source="sim_ground_truth")
+    sd.add_examples(red(40), [TASK] * 40, [False] * 40, ids=[f"policy-{i}" for i in range(40)], source="sim_on_policy")
+    probe = red(8)
+    for source, expect_success in (("sim_on_policy", False), ("sim_ground_truth", True)):
+        version = sd.train(tasks=[TASK], focus_source=source, focus_share=0.9).version
+        v = sd.wait_version(version)
+        assert 0 < v.metrics["train/num_focus_examples"] < 40  # the rest of the 40 are held out
+        probs = np.array([s.probabilities[0] for s in sd.classify(probe, [TASK], sd_version=version).scores])
+        assert ((probs > 0.5) == expect_success).all(), (source, probs)
+
+
 def test_network_label_round_trips_the_tower_stem():
     import json
 

@@ -64,6 +64,23 @@ def select_examples(
     return LabelledExamples(np.concatenate(imgs), np.concatenate(tasks), np.concatenate(labels))
 
 
+def share_weights(focus: np.ndarray, share: float) -> np.ndarray | None:
+    """Sampling weights for `SuccessDetector.fit` under which the rows where `focus` is true fill
+    `share` of every batch (and the others the rest), however few they are.
+
+    None (uniform: every row once per epoch) when `share` is 0 or either group is empty. How the
+    few on-policy labels of the SD refreshes, the false positives the policy found, weigh as much
+    as the thousands of bootstrap examples (docs/results.md 1n).
+    """
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"share must be in [0, 1), got {share}")
+    focus = np.asarray(focus, bool)
+    n_focus = int(focus.sum())
+    if not share or not n_focus or n_focus == len(focus):
+        return None
+    return np.where(focus, share / n_focus, (1.0 - share) / (len(focus) - n_focus))
+
+
 class SuccessDetector:
     """Trains and runs a `SuccessDetectorNet`.
 

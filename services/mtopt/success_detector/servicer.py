@@ -108,7 +108,8 @@ class SuccessDetectorServicer(success_detector_pb2_grpc.SuccessDetectorServicer)
         try:
             self._ready_or_unavailable()
             record = await self.versions.start_training(request.request_id, list(request.tasks), request.base_version,
-                                                        request.train_steps, request.promote_when_ready)
+                                                        request.train_steps, request.promote_when_ready,
+                                                        request.focus_source, request.focus_share)
         except (SdError, StorageUnavailableError, grpc.RpcError) as e:
             await self._fail(context, e, "TrainVersion")
         return pb.TrainVersionResponse(version=version_proto(record, self.catalogue, self.versions.serving_version()))

@@ -77,6 +77,9 @@ class VersionRecord:
     finished_time: float = 0.0
     error: str = ""
     registry_version: int = 0
+    focus_source: str = ""
+    focus_share: float = 0.0
+    """Examples of ``focus_source`` fill this share of every training batch (0: all drawn equally)."""
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self), sort_keys=True).encode()

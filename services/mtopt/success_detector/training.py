@@ -6,7 +6,7 @@ single-process experiment runner uses.
 
 Usage::
 
-    examples, hashes = load_examples(storage, entries, catalogue, image_size)
+    examples, hashes, sources = load_examples(storage, entries, catalogue, image_size)
     result = train_and_evaluate(examples, hashes, catalogue, settings, base=None)
     version = publish(registry_client, record, result, catalogue)
 """
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from mtopt.core.config import DEFAULT_TOWER_STEM
-from mtopt.core.success_detector import LabelledExamples, SuccessDetector
+from mtopt.core.success_detector import LabelledExamples, SuccessDetector, share_weights
 from mtopt.episode_codec import decode_image
 from mtopt.success_detector.models import ARTIFACT, MODEL, SERVING_ALIAS, build_detector, network_kwargs, weights_bytes
 from mtopt.success_detector.storage import SdStorage, VersionRecord
@@ -58,9 +58,9 @@ class TrainResult:
 
 def load_examples(
     storage: SdStorage, entries: Sequence[tuple[str, str, bool]], catalogue: TaskCatalogue, image_size: int,
-) -> tuple[LabelledExamples, list[str]]:
-    """The stored examples ``entries`` = [(h, task, success)] as arrays, and their hashes."""
-    images, tasks, labels, hashes = [], [], [], []
+) -> tuple[LabelledExamples, list[str], list[str]]:
+    """The stored examples ``entries`` = [(h, task, success)] as arrays, their hashes and sources."""
+    images, tasks, labels, hashes, sources = [], [], [], [], []
     for h, task, success in entries:
         data = storage.get_example(h, task, success)
         if data is None:
@@ -70,10 +70,11 @@ def load_examples(
         tasks.append(catalogue[task].index)
         labels.append(success)
         hashes.append(h)
+        sources.append(example.source)
     shape = (0, image_size, image_size, 3)
     return LabelledExamples(
         np.stack(images) if images else np.zeros(shape, np.uint8), np.asarray(tasks, np.int64), np.asarray(labels, bool),
-    ), hashes
+    ), hashes, sources
 
 
 def held_out(hashes: Sequence[str], fraction: float) -> np.ndarray:
@@ -122,13 +123,22 @@ def evaluate(sd: SuccessDetector, examples: LabelledExamples, catalogue: TaskCat
 def train_and_evaluate(
     examples: LabelledExamples, hashes: Sequence[str], catalogue: TaskCatalogue, settings: TrainSettings,
     base: tuple[dict, bytes] | None = None, cancelled: threading.Event | None = None,
+    sources: Sequence[str] | None = None, focus: tuple[str, float] | None = None,
 ) -> TrainResult:
     """Fits a new SD (warm-started from ``base`` = (network, weights) if given) on the examples
-    not held out, evaluates it on those held out, and returns it with its metrics."""
+    not held out, evaluates it on those held out, and returns it with its metrics.
+
+    ``focus`` = (source, share): the training examples whose entry in ``sources`` is that source
+    fill that share of every batch (`share_weights`)."""
     mask = held_out(hashes, settings.eval_fraction)
-    train, test = subset(examples, ~mask), subset(examples, mask)
-    if len(train) == 0:
-        train, test = examples, subset(examples, np.zeros(len(examples), bool))
+    if not mask.all():
+        train, test = subset(examples, ~mask), subset(examples, mask)
+    else:
+        train, test, mask = examples, subset(examples, np.zeros(len(examples), bool)), np.zeros(len(examples), bool)
+    train_sources = np.asarray(list(sources) if sources is not None else [""] * len(examples), dtype=object)[~mask]
+    sample_weights = None
+    if focus is not None:
+        sample_weights = share_weights(train_sources == focus[0], focus[1])
     torch.manual_seed(settings.seed)
     if base is not None:
         network, weights = base
@@ -144,10 +154,13 @@ def train_and_evaluate(
 
     hook = sd.net.register_forward_pre_hook(stop_if_cancelled)
     try:
-        losses = sd.fit(train, epochs=epochs, batch_size=settings.batch_size, lr=settings.learning_rate, seed=settings.seed)
+        losses = sd.fit(train, epochs=epochs, batch_size=settings.batch_size, lr=settings.learning_rate, seed=settings.seed,
+                        weights=sample_weights)
     finally:
         hook.remove()
     metrics = {"train/loss": float(losses[-1]), "train/epochs": float(epochs), "train/num_examples": float(len(train))}
+    if sample_weights is not None:
+        metrics["train/num_focus_examples"] = float(np.count_nonzero(train_sources == focus[0]))
     metrics |= evaluate(sd, test, catalogue, settings.threshold, "eval")
     metrics |= {k: v for k, v in evaluate(sd, train, catalogue, settings.threshold, "train").items() if k.count("/") == 1}
     return TrainResult(sd, network, metrics, len(examples))

@@ -202,10 +202,16 @@ class VersionManager:
 
     # -- training --------------------------------------------------------------------------------
     async def start_training(self, request_id: str, tasks: Sequence[str], base_version: int, train_steps: int,
-                             promote: bool) -> VersionRecord:
+                             promote: bool, focus_source: str = "", focus_share: float = 0.0) -> VersionRecord:
         """Starts training a new version (or returns the one ``request_id`` started before)."""
         if not request_id or len(request_id) > MAX_REQUEST_ID:
             raise InvalidRequest(f"request_id must be 1-{MAX_REQUEST_ID} characters (an idempotency key you choose)", "invalid_request")
+        if not 0.0 <= focus_share < 1.0:  # also false for NaN
+            raise InvalidRequest(f"focus_share must lie in [0, 1), got {focus_share}", "invalid_request")
+        if focus_share and not focus_source:
+            raise InvalidRequest("a non-zero focus_share needs the focus_source its examples come from", "invalid_request")
+        if len(focus_source) > MAX_REQUEST_ID:
+            raise InvalidRequest(f"focus_source must be at most {MAX_REQUEST_ID} characters", "invalid_request")
         async with self._create_lock:
             if request_id in self.requests:
                 return await self.get(self.requests[request_id])
@@ -228,7 +234,8 @@ class VersionManager:
             now = time.time()
             make = lambda n: VersionRecord(  # noqa: E731
                 version=n, state=PENDING, request_id=request_id, tasks=names, slots=[self.catalogue[t].index for t in names],
-                base_version=base_version, train_steps=steps, promote=promote, created_time=now, updated_time=now)
+                base_version=base_version, train_steps=steps, promote=promote, created_time=now, updated_time=now,
+                focus_source=focus_source if focus_share else "", focus_share=float(focus_share))
             record = await self._run_io(self.storage.allocate_version, max(self.records, default=0) + 1, make)
             winner = await self._run_io(self.storage.claim_request, request_id, record.version)
             if winner != record.version:  # another replica took this request_id first
@@ -278,13 +285,15 @@ class VersionManager:
         self.records[record.version] = record
         detector = None
         try:
-            examples, hashes = training.load_examples(self.storage, entries, self.catalogue, self.settings.train.image_size)
+            examples, hashes, sources = training.load_examples(self.storage, entries, self.catalogue, self.settings.train.image_size)
             base_weights = None
             if base is not None:
                 mv, blobs = self.sync_registry.fetch_version(MODEL, base.registry_version, names=[ARTIFACT])
                 base_weights = (parse_network(mv.labels), blobs[ARTIFACT])
             settings = dataclasses.replace(self.settings.train, train_steps=record.train_steps, seed=record.version)
-            result = training.train_and_evaluate(examples, hashes, self.catalogue, settings, base_weights, self._cancel)
+            focus = (record.focus_source, record.focus_share) if record.focus_share else None
+            result = training.train_and_evaluate(examples, hashes, self.catalogue, settings, base_weights, self._cancel,
+                                                 sources=sources, focus=focus)
             published = training.publish(self.sync_registry, record, result, self.catalogue, base.registry_version if base else 0)
             detector = (result.detector, result.network)
             record = dataclasses.replace(record, state=READY, metrics=result.metrics, num_examples=result.num_examples,

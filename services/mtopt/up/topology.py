@@ -65,6 +65,8 @@ class UpConfig:
     trains a new SD version (0: it trains the first version only, then exits)."""
     sd_refresh_labels: int = 10
     """Labels per task in each continuous-labelling round."""
+    sd_refresh_share: float = 0.5
+    """Share of every training batch of a round's SD version drawn from the rounds' on-policy labels."""
     epsilon: float = 0.2
     episode_period_s: float = 0.5
     """Shortest time per simulated episode (a real robot's pace; 0: flat out)."""
@@ -197,6 +199,7 @@ def build_topology(config: UpConfig, ports: dict[str, int]) -> list[ProcessSpec]
         "MTOPT_SIM_LABELLER_SEED": str(config.seed),
         "MTOPT_SIM_LABELLER_REFRESH_EVERY_S": str(config.sd_refresh_every_s),
         "MTOPT_SIM_LABELLER_REFRESH_LABELS_PER_TASK": str(config.sd_refresh_labels),
+        "MTOPT_SIM_LABELLER_REFRESH_FOCUS_SHARE": str(config.sd_refresh_share),
     }, None, ports["labeller/metrics"], exits=config.sd_refresh_every_s <= 0))
     return specs
 

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mtopt.v1 import common_pb2 as mtopt_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmtopt/v1/success_detector.proto\x12\x08mtopt.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15mtopt/v1/common.proto\"U\n\x0f\x43lassifyRequest\x12\x1f\n\x06images\x18\x01 \x03(\x0b\x32\x0f.mtopt.v1.Image\x12\r\n\x05tasks\x18\x02 \x03(\t\x12\x12\n\nsd_version\x18\x03 \x01(\x03\"$\n\x0bImageScores\x12\x15\n\rprobabilities\x18\x01 \x03(\x02\"\\\n\x10\x43lassifyResponse\x12%\n\x06scores\x18\x01 \x03(\x0b\x32\x15.mtopt.v1.ImageScores\x12\r\n\x05tasks\x18\x02 \x03(\t\x12\x12\n\nsd_version\x18\x03 \x01(\x03\"\x88\x01\n\x0fLabelledExample\x12\x12\n\nexample_id\x18\x01 \x01(\t\x12\x1e\n\x05image\x18\x02 \x01(\x0b\x32\x0f.mtopt.v1.Image\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x0f\n\x07success\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x12\n\nepisode_id\x18\x06 \x01(\t\"A\n\x12\x41\x64\x64\x45xamplesRequest\x12+\n\x08\x65xamples\x18\x01 \x03(\x0b\x32\x19.mtopt.v1.LabelledExample\"F\n\x10TaskExampleCount\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x11\n\tpositives\x18\x02 \x01(\x03\x12\x11\n\tnegatives\x18\x03 \x01(\x03\"d\n\x13\x41\x64\x64\x45xamplesResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12*\n\x06\x63ounts\x18\x03 \x03(\x0b\x32\x1a.mtopt.v1.TaskExampleCount\"\x7f\n\x13TrainVersionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05tasks\x18\x02 \x03(\t\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x03\x12\x13\n\x0btrain_steps\x18\x04 \x01(\x03\x12\x1a\n\x12promote_when_ready\x18\x05 \x01(\x08\"<\n\x14TrainVersionResponse\x12$\n\x07version\x18\x01 \x01(\x0b\x32\x13.mtopt.v1.SdVersion\"&\n\x13GetSdVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\x92\x03\n\tSdVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.mtopt.v1.SdVersionState\x12\x1d\n\x05tasks\x18\x03 \x03(\x0b\x32\x0e.mtopt.v1.Task\x12\x31\n\x07metrics\x18\x04 \x03(\x0b\x32 .mtopt.v1.SdVersion.MetricsEntry\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12\x30\n\x0c\x63reated_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rfinished_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\t \x01(\x03\x12\x0f\n\x07serving\x18\n \x01(\x08\x12\x18\n\x10registry_version\x18\x0b \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xa8\x01\n\x0eSdVersionState\x12 \n\x1cSD_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SD_VERSION_STATE_PENDING\x10\x01\x12\x1d\n\x19SD_VERSION_STATE_TRAINING\x10\x02\x12\x1a\n\x16SD_VERSION_STATE_READY\x10\x03\x12\x1b\n\x17SD_VERSION_STATE_FAILED\x10\x04\x32\xb1\x02\n\x0fSuccessDetector\x12\x41\n\x08\x43lassify\x12\x19.mtopt.v1.ClassifyRequest\x1a\x1a.mtopt.v1.ClassifyResponse\x12J\n\x0b\x41\x64\x64\x45xamples\x12\x1c.mtopt.v1.AddExamplesRequest\x1a\x1d.mtopt.v1.AddExamplesResponse\x12M\n\x0cTrainVersion\x12\x1d.mtopt.v1.TrainVersionRequest\x1a\x1e.mtopt.v1.TrainVersionResponse\x12@\n\nGetVersion\x12\x1d.mtopt.v1.GetSdVersionRequest\x1a\x13.mtopt.v1.SdVersionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmtopt/v1/success_detector.proto\x12\x08mtopt.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15mtopt/v1/common.proto\"U\n\x0f\x43lassifyRequest\x12\x1f\n\x06images\x18\x01 \x03(\x0b\x32\x0f.mtopt.v1.Image\x12\r\n\x05tasks\x18\x02 \x03(\t\x12\x12\n\nsd_version\x18\x03 \x01(\x03\"$\n\x0bImageScores\x12\x15\n\rprobabilities\x18\x01 \x03(\x02\"\\\n\x10\x43lassifyResponse\x12%\n\x06scores\x18\x01 \x03(\x0b\x32\x15.mtopt.v1.ImageScores\x12\r\n\x05tasks\x18\x02 \x03(\t\x12\x12\n\nsd_version\x18\x03 \x01(\x03\"\x88\x01\n\x0fLabelledExample\x12\x12\n\nexample_id\x18\x01 \x01(\t\x12\x1e\n\x05image\x18\x02 \x01(\x0b\x32\x0f.mtopt.v1.Image\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x0f\n\x07success\x18\x04 \x01(\x08\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x12\n\nepisode_id\x18\x06 \x01(\t\"A\n\x12\x41\x64\x64\x45xamplesRequest\x12+\n\x08\x65xamples\x18\x01 \x03(\x0b\x32\x19.mtopt.v1.LabelledExample\"F\n\x10TaskExampleCount\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x11\n\tpositives\x18\x02 \x01(\x03\x12\x11\n\tnegatives\x18\x03 \x01(\x03\"d\n\x13\x41\x64\x64\x45xamplesResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12*\n\x06\x63ounts\x18\x03 \x03(\x0b\x32\x1a.mtopt.v1.TaskExampleCount\"\xaa\x01\n\x13TrainVersionRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05tasks\x18\x02 \x03(\t\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x03\x12\x13\n\x0btrain_steps\x18\x04 \x01(\x03\x12\x1a\n\x12promote_when_ready\x18\x05 \x01(\x08\x12\x14\n\x0c\x66ocus_source\x18\x06 \x01(\t\x12\x13\n\x0b\x66ocus_share\x18\x07 \x01(\x01\"<\n\x14TrainVersionResponse\x12$\n\x07version\x18\x01 \x01(\x0b\x32\x13.mtopt.v1.SdVersion\"&\n\x13GetSdVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\x92\x03\n\tSdVersion\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\'\n\x05state\x18\x02 \x01(\x0e\x32\x18.mtopt.v1.SdVersionState\x12\x1d\n\x05tasks\x18\x03 \x03(\x0b\x32\x0e.mtopt.v1.Task\x12\x31\n\x07metrics\x18\x04 \x03(\x0b\x32 .mtopt.v1.SdVersion.MetricsEntry\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x03\x12\x30\n\x0c\x63reated_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rfinished_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\t \x01(\x03\x12\x0f\n\x07serving\x18\n \x01(\x08\x12\x18\n\x10registry_version\x18\x0b \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xa8\x01\n\x0eSdVersionState\x12 \n\x1cSD_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18SD_VERSION_STATE_PENDING\x10\x01\x12\x1d\n\x19SD_VERSION_STATE_TRAINING\x10\x02\x12\x1a\n\x16SD_VERSION_STATE_READY\x10\x03\x12\x1b\n\x17SD_VERSION_STATE_FAILED\x10\x04\x32\xb1\x02\n\x0fSuccessDetector\x12\x41\n\x08\x43lassify\x12\x19.mtopt.v1.ClassifyRequest\x1a\x1a.mtopt.v1.ClassifyResponse\x12J\n\x0b\x41\x64\x64\x45xamples\x12\x1c.mtopt.v1.AddExamplesRequest\x1a\x1d.mtopt.v1.AddExamplesResponse\x12M\n\x0cTrainVersion\x12\x1d.mtopt.v1.TrainVersionRequest\x1a\x1e.mtopt.v1.TrainVersionResponse\x12@\n\nGetVersion\x12\x1d.mtopt.v1.GetSdVersionRequest\x1a\x13.mtopt.v1.SdVersionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SDVERSION_METRICSENTRY']._loaded_options = None
   _globals['_SDVERSION_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_SDVERSIONSTATE']._serialized_start=1337
-  _globals['_SDVERSIONSTATE']._serialized_end=1505
+  _globals['_SDVERSIONSTATE']._serialized_start=1381
+  _globals['_SDVERSIONSTATE']._serialized_end=1549
   _globals['_CLASSIFYREQUEST']._serialized_start=101
   _globals['_CLASSIFYREQUEST']._serialized_end=186
   _globals['_IMAGESCORES']._serialized_start=188
@@ -51,16 +51,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKEXAMPLECOUNT']._serialized_end=596
   _globals['_ADDEXAMPLESRESPONSE']._serialized_start=598
   _globals['_ADDEXAMPLESRESPONSE']._serialized_end=698
-  _globals['_TRAINVERSIONREQUEST']._serialized_start=700
-  _globals['_TRAINVERSIONREQUEST']._serialized_end=827
-  _globals['_TRAINVERSIONRESPONSE']._serialized_start=829
-  _globals['_TRAINVERSIONRESPONSE']._serialized_end=889
-  _globals['_GETSDVERSIONREQUEST']._serialized_start=891
-  _globals['_GETSDVERSIONREQUEST']._serialized_end=929
-  _globals['_SDVERSION']._serialized_start=932
-  _globals['_SDVERSION']._serialized_end=1334
-  _globals['_SDVERSION_METRICSENTRY']._serialized_start=1288
-  _globals['_SDVERSION_METRICSENTRY']._serialized_end=1334
-  _globals['_SUCCESSDETECTOR']._serialized_start=1508
-  _globals['_SUCCESSDETECTOR']._serialized_end=1813
+  _globals['_TRAINVERSIONREQUEST']._serialized_start=701
+  _globals['_TRAINVERSIONREQUEST']._serialized_end=871
+  _globals['_TRAINVERSIONRESPONSE']._serialized_start=873
+  _globals['_TRAINVERSIONRESPONSE']._serialized_end=933
+  _globals['_GETSDVERSIONREQUEST']._serialized_start=935
+  _globals['_GETSDVERSIONREQUEST']._serialized_end=973
+  _globals['_SDVERSION']._serialized_start=976
+  _globals['_SDVERSION']._serialized_end=1378
+  _globals['_SDVERSION_METRICSENTRY']._serialized_start=1332
+  _globals['_SDVERSION_METRICSENTRY']._serialized_end=1378
+  _globals['_SUCCESSDETECTOR']._serialized_start=1552
+  _globals['_SUCCESSDETECTOR']._serialized_end=1857
 # @@protoc_insertion_point(module_scope)

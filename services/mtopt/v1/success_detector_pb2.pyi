@@ -93,18 +93,22 @@ class AddExamplesResponse(_message.Message):
     def __init__(self, added: _Optional[int] = ..., duplicates: _Optional[int] = ..., counts: _Optional[_Iterable[_Union[TaskExampleCount, _Mapping]]] = ...) -> None: ...
 
 class TrainVersionRequest(_message.Message):
-    __slots__ = ("request_id", "tasks", "base_version", "train_steps", "promote_when_ready")
+    __slots__ = ("request_id", "tasks", "base_version", "train_steps", "promote_when_ready", "focus_source", "focus_share")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     TRAIN_STEPS_FIELD_NUMBER: _ClassVar[int]
     PROMOTE_WHEN_READY_FIELD_NUMBER: _ClassVar[int]
+    FOCUS_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FOCUS_SHARE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tasks: _containers.RepeatedScalarFieldContainer[str]
     base_version: int
     train_steps: int
     promote_when_ready: bool
-    def __init__(self, request_id: _Optional[str] = ..., tasks: _Optional[_Iterable[str]] = ..., base_version: _Optional[int] = ..., train_steps: _Optional[int] = ..., promote_when_ready: _Optional[bool] = ...) -> None: ...
+    focus_source: str
+    focus_share: float
+    def __init__(self, request_id: _Optional[str] = ..., tasks: _Optional[_Iterable[str]] = ..., base_version: _Optional[int] = ..., train_steps: _Optional[int] = ..., promote_when_ready: _Optional[bool] = ..., focus_source: _Optional[str] = ..., focus_share: _Optional[float] = ...) -> None: ...
 
 class TrainVersionResponse(_message.Message):
     __slots__ = ("version",)

@@ -24,9 +24,8 @@ import torch
 
 from mtopt.collect import Fleet
 from mtopt.core.config import MTOptConfig
-from mtopt.core.networks import QNetwork
 from mtopt.core.policy import CEMPolicy
-from mtopt.experiment import ExperimentConfig, evaluate_policy
+from mtopt.experiment import ExperimentConfig, evaluate_policy, load_saved_q_network
 from mtopt.robot import CEM_INITIAL_MEAN
 from mtopt.tasks import TaskCatalogue
 
@@ -44,9 +43,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     catalogue = TaskCatalogue.load()
     init_mean = tuple(float(v) for v in args.init_mean.split(","))
-    q = QNetwork(catalogue.num_slots)
-    q.load_state_dict(torch.load(args.run / "q.pt"))
-    policy = CEMPolicy(q, dataclasses.replace(MTOptConfig(), cem_samples=args.samples), seed=0, init_mean=init_mean)
+    q, algo = load_saved_q_network(args.run)
+    policy = CEMPolicy(q, dataclasses.replace(algo, cem_samples=args.samples), seed=0, init_mean=init_mean)
     t0 = time.time()
     rates = evaluate_policy(Fleet(catalogue, 128, args.seed), catalogue, lambda i, s, t: policy.batch(i, s, t)[0],
                       ExperimentConfig(eval_episodes_per_task=args.episodes))

@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtopt.core.config import MTOptConfig
-from mtopt.core.networks import QNetwork
 from mtopt.core.policy import CEMPolicy
+from mtopt.experiment import load_saved_q_network
 from mtopt.robot import is_terminate
 from mtopt.sim.tabletop import TabletopSim
 from mtopt.tasks import TaskCatalogue
@@ -52,9 +51,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     catalogue = TaskCatalogue.load()
-    q = QNetwork(catalogue.num_slots)
-    q.load_state_dict(torch.load(args.run / "q.pt"))
-    policy = CEMPolicy(q, MTOptConfig(), seed=0)
+    q, algo = load_saved_q_network(args.run)
+    policy = CEMPolicy(q, algo, seed=0)
     per_task: dict[str, collections.Counter] = {}
     for task in catalogue.tasks:
         if task.skill == "lift":

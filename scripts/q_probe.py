@@ -34,6 +34,7 @@ import torch
 from torch.nn import functional as F
 
 from mtopt.core.networks import QNetwork
+from mtopt.experiment import load_saved_q_network
 from mtopt.sim.tabletop import SimConfig, TabletopSim
 from mtopt.tasks import Task, TaskCatalogue
 
@@ -151,8 +152,7 @@ def main() -> None:
     t0 = time.time()
     extra = {}
     if args.command == "localise":
-        q = QNetwork(catalogue.num_slots)
-        q.load_state_dict(torch.load(args.run / "q.pt"))
+        q, _ = load_saved_q_network(args.run)
     else:
         q, extra["final_loss"] = supervised(catalogue, lifts, args.steps, args.seed,
                                             hit_label=args.hit_label, miss_label=args.miss_label)

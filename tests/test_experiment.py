@@ -54,6 +54,16 @@ def test_cli_quick_run_writes_results(tmp_path, capsys):
     assert set(phases) == {"train", "collect", "label", "sd_refresh", "evaluate"}
     assert phases["train"] > 0 and phases["collect"] > 0 and sum(phases.values()) <= data["wall_s"]
 
+    # the saved network comes back with the run's own settings (a conv2 tower, not the default)
+    import torch
+
+    from mtopt.experiment import load_saved_q_network
+
+    q, algo = load_saved_q_network(tmp_path)
+    assert algo.tower_stem == "conv2" and algo.step_penalty == 0.05
+    saved = torch.load(tmp_path / "q.pt")
+    assert all(torch.equal(v, saved[k]) for k, v in q.state_dict().items())
+
 
 def test_sd_refresh_labels_on_policy_images_from_ground_truth_and_fine_tunes():
     import numpy as np

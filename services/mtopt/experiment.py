@@ -22,6 +22,7 @@ import torch
 
 from mtopt.collect import BatchPolicy, Collected, Fleet
 from mtopt.core.bellman import TargetNetworks
+from mtopt.core.config import MTOptConfig
 from mtopt.core.learner import Learner, TargetComputer
 from mtopt.core.networks import QNetwork
 from mtopt.core.policy import CEMPolicy
@@ -265,6 +266,18 @@ def initial_q_network(cfg: ExperimentConfig, catalogue: TaskCatalogue, sd: Succe
     if cfg.q_tower_init == "sd":
         q.tower.load_state_dict(sd.net.tower.state_dict())
     return q
+
+
+def load_saved_q_network(run_dir: str | Path) -> tuple[QNetwork, MTOptConfig]:
+    """The Q-network an `mtopt experiment --out RUN_DIR` saved (q.pt), built with the network
+    settings of that run (results.json: tower stem, width, heads), and the run's algorithm config."""
+    run_dir = Path(run_dir)
+    saved = json.loads((run_dir / "results.json").read_text())["config"]["algo"]
+    known = {f.name for f in dataclasses.fields(MTOptConfig)}
+    algo = MTOptConfig(**{k: v for k, v in saved.items() if k in known})
+    q = QNetwork(TaskCatalogue.load().num_slots, algo.image_size, algo.channels, algo.multi_head, algo.tower_stem)
+    q.load_state_dict(torch.load(run_dir / "q.pt"))
+    return q, algo
 
 
 def _phase(phases: dict[str, float], name: str, since: float) -> float:

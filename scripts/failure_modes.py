@@ -6,7 +6,10 @@ scenes and sorts every episode by ground truth into one outcome:
     success                                   the task's goal holds at the end
     never held anything                       no grasp succeeded in the whole episode
     never held anything, then terminated      ... and the policy chose TERMINATE (it expected success)
-    ran out of steps after holding            it held an object but never terminated
+    ran out of steps after holding            it held an object but never terminated; split by
+                                              what it ended with: "..., holding a matching object",
+                                              "..., holding a wrong object" (colour or shape the
+                                              task does not want), "..., after releasing"
     terminated holding (not at goal)          TERMINATE while holding, goal not met (wrong object or place)
     terminated after releasing (not at goal)  TERMINATE after a release that missed the goal
 
@@ -38,7 +41,11 @@ def outcome(sim: TabletopSim, task, ever_held: bool, terminated: bool) -> str:
     if not ever_held:
         return "never held anything, then terminated" if terminated else "never held anything"
     if not terminated:
-        return "ran out of steps after holding"
+        if not sim.holding:
+            return "ran out of steps after holding, after releasing"
+        held, goal = sim.objects[sim.held], task.goal
+        wanted = goal.get("colour", held.colour) == held.colour and goal.get("shape", held.shape) == held.shape
+        return f"ran out of steps after holding, holding a {'matching' if wanted else 'wrong'} object"
     return "terminated holding (not at goal)" if sim.holding else "terminated after releasing (not at goal)"
 
 

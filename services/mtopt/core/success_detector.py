@@ -68,8 +68,8 @@ def share_weights(focus: np.ndarray, share: float) -> np.ndarray | None:
     """Sampling weights for `SuccessDetector.fit` under which the rows where `focus` is true fill
     `share` of every batch (and the others the rest), however few they are.
 
-    None (uniform: every row once per epoch) when `share` is 0 or either group is empty. How the
-    few on-policy labels of the SD refreshes, the false positives the policy found, weigh as much
+    None (uniform: every row once per epoch) when `share` is 0 or either group is empty. This is
+    how the SD refreshes' few on-policy labels (the false positives the policy found) weigh as much
     as the thousands of bootstrap examples (docs/results.md 1n).
     """
     if not 0.0 <= share < 1.0:
@@ -111,16 +111,14 @@ class SuccessDetector:
         images = torch.from_numpy(examples.images)
         tasks = torch.from_numpy(examples.tasks)
         labels = torch.from_numpy(examples.labels.astype(np.float32))
-        p = None
+        p = None  # sampling probability of each row (None: each row once per epoch)
+        pos = float(labels.mean()) if len(labels) else 0.5
         if weights is not None:
             w = np.asarray(weights, dtype=np.float64)
             if w.shape != (len(examples),) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
                 raise ValueError(f"weights must be {len(examples)} finite non-negative values with a positive sum")
             p = torch.from_numpy(w / w.sum())
-        if p is not None:
-            pos = float((p * labels.double()).sum())
-        else:
-            pos = float(labels.mean()) if len(labels) else 0.5
+            pos = float((p * labels.double()).sum())  # the positive share of what training will see
         pos_weight = torch.tensor((1 - pos) / max(pos, 1e-3)).clamp(0.2, 5.0).to(self.device)
         opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         history = []

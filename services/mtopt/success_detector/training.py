@@ -131,14 +131,13 @@ def train_and_evaluate(
     ``focus`` = (source, share): the training examples whose entry in ``sources`` is that source
     fill that share of every batch (`share_weights`)."""
     mask = held_out(hashes, settings.eval_fraction)
-    if not mask.all():
-        train, test = subset(examples, ~mask), subset(examples, mask)
-    else:
-        train, test, mask = examples, subset(examples, np.zeros(len(examples), bool)), np.zeros(len(examples), bool)
-    train_sources = np.asarray(list(sources) if sources is not None else [""] * len(examples), dtype=object)[~mask]
-    sample_weights = None
+    if mask.all():  # nothing left to train on: train on every example, evaluate on none
+        mask = np.zeros(len(examples), bool)
+    train, test = subset(examples, ~mask), subset(examples, mask)
+    focus_rows = sample_weights = None
     if focus is not None:
-        sample_weights = share_weights(train_sources == focus[0], focus[1])
+        focus_rows = (np.asarray(sources, dtype=object) == focus[0])[~mask]
+        sample_weights = share_weights(focus_rows, focus[1])
     torch.manual_seed(settings.seed)
     if base is not None:
         network, weights = base
@@ -160,7 +159,7 @@ def train_and_evaluate(
         hook.remove()
     metrics = {"train/loss": float(losses[-1]), "train/epochs": float(epochs), "train/num_examples": float(len(train))}
     if sample_weights is not None:
-        metrics["train/num_focus_examples"] = float(np.count_nonzero(train_sources == focus[0]))
+        metrics["train/num_focus_examples"] = float(np.count_nonzero(focus_rows))
     metrics |= evaluate(sd, test, catalogue, settings.threshold, "eval")
     metrics |= {k: v for k, v in evaluate(sd, train, catalogue, settings.threshold, "train").items() if k.count("/") == 1}
     return TrainResult(sd, network, metrics, len(examples))

@@ -171,6 +171,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="batched batch size (default 128 cpu, 1024 cuda)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tower-stem", choices=list(TOWER_STEMS), default=DEFAULT_TOWER_STEM, help="the Q-network's tower stem")
+    parser.add_argument("--point-readout", action=argparse.BooleanOptionalAction, default=MTOptConfig().point_readout,
+                        help="the Q-head's point readout (default: the config's)")
     parser.add_argument("--malloc-tuned", action="store_true",
                         help="diagnostic: rerun with MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ = 1 GiB")
     args = parser.parse_args()
@@ -200,8 +202,10 @@ def main() -> None:
           f"threads={torch.get_num_threads()}/{torch.get_num_interop_threads()}", flush=True)
 
     torch.manual_seed(args.seed)
-    q1 = QNetwork(NUM_TASK_SLOTS, image_size=config.image_size, channels=config.channels, stem=args.tower_stem).eval()
-    q2 = QNetwork(NUM_TASK_SLOTS, image_size=config.image_size, channels=config.channels, stem=args.tower_stem).eval()
+    q1 = QNetwork(NUM_TASK_SLOTS, image_size=config.image_size, channels=config.channels, stem=args.tower_stem,
+                   point_readout=args.point_readout).eval()
+    q2 = QNetwork(NUM_TASK_SLOTS, image_size=config.image_size, channels=config.channels, stem=args.tower_stem,
+                   point_readout=args.point_readout).eval()
 
     t0 = time.perf_counter()
     data = collect_transitions(batch * n_batches, args.seed)
@@ -246,6 +250,7 @@ def main() -> None:
     result = {
         "bench": "bellman_targets",
         "tower_stem": args.tower_stem,
+        "point_readout": args.point_readout,
         "value": round(value, 1),
         "unit": "targets/s",
         "baseline": round(baseline, 2),

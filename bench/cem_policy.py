@@ -136,6 +136,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short run (< 1 minute)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tower-stem", choices=list(TOWER_STEMS), default=DEFAULT_TOWER_STEM, help="the Q-network's tower stem")
+    parser.add_argument("--point-readout", action=argparse.BooleanOptionalAction, default=MTOptConfig().point_readout,
+                        help="the Q-head's point readout (default: the config's)")
     args = parser.parse_args()
 
     # naive is ~10-20x slower: it gets fewer observations per repeat
@@ -146,7 +148,8 @@ def main() -> None:
           f"onnxruntime={ort.__version__}", flush=True)
     config = MTOptConfig()
     torch.manual_seed(args.seed)
-    q = QNetwork(NUM_TASK_SLOTS, image_size=config.image_size, channels=config.channels, stem=args.tower_stem).eval()
+    q = QNetwork(NUM_TASK_SLOTS, image_size=config.image_size, channels=config.channels, stem=args.tower_stem,
+                   point_readout=args.point_readout).eval()
     observations = collect_observations(n_obs, args.seed)
     held = sum(float(o.state[1]) for o, _ in observations)
     print(f"  {len(observations)} simulator observations ({held:.0f} holding an object), "
@@ -187,6 +190,7 @@ def main() -> None:
     result = {
         "bench": "cem_policy",
         "tower_stem": args.tower_stem,
+        "point_readout": args.point_readout,
         "value": round(value, 4),
         "unit": "ms/step",
         "baseline": round(baseline, 4),

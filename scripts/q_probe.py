@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from mtopt.core.config import DEFAULT_TOWER_STEM, TOWER_STEMS
 from mtopt.core.networks import QNetwork
 from mtopt.experiment import load_saved_q_network
 from mtopt.sim.tabletop import SimConfig, TabletopSim
@@ -99,13 +100,14 @@ def localise(q: QNetwork, tasks: list[Task], scenes: list[Scene]) -> dict:
 
 def supervised(
     catalogue: TaskCatalogue, tasks: list[Task], steps: int, seed: int, batch: int = 128,
-    hit_label: float = 1.0, miss_label: float = 0.0,
+    hit_label: float = 1.0, miss_label: float = 0.0, stem: str = DEFAULT_TOWER_STEM, image_size: int = 64,
+    point_readout: bool = False,
 ) -> tuple[QNetwork, float]:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    sim = TabletopSim(EXACT, seed=seed)
+    sim = TabletopSim(dataclasses.replace(EXACT, image_size=image_size), seed=seed)
     pool = [Scene(sim) for _ in range(6000)]
-    q = QNetwork(catalogue.num_slots)
+    q = QNetwork(catalogue.num_slots, image_size, stem=stem, point_readout=point_readout)
     opt = torch.optim.Adam(q.parameters(), 1e-3)
     states = torch.zeros(batch, 2)
     losses = []
@@ -141,6 +143,11 @@ def main() -> None:
     sup.add_argument("--steps", type=int, default=1500)
     sup.add_argument("--hit-label", type=float, default=1.0, help="target for a grasp that succeeds")
     sup.add_argument("--miss-label", type=float, default=0.0, help="target for one that does not")
+    sup.add_argument("--tower-stem", choices=list(TOWER_STEMS), default=DEFAULT_TOWER_STEM)
+    sup.add_argument("--image-size", type=int, default=SimConfig().image_size, help="camera image side, px")
+    sup.add_argument("--point-readout", action=argparse.BooleanOptionalAction, default=False,
+                     help="the Q-head's point readout (QNetwork(point_readout=True))")
+    sup.add_argument("--tasks", default="", help="comma-separated lift tasks to train and probe (default: all lift tasks)")
     for p in (loc, sup):
         p.add_argument("--scenes", type=int, default=300, help="held-out scenes per task")
         p.add_argument("--seed", type=int, default=0)
@@ -154,10 +161,20 @@ def main() -> None:
     if args.command == "localise":
         q, _ = load_saved_q_network(args.run)
     else:
-        q, extra["final_loss"] = supervised(catalogue, lifts, args.steps, args.seed,
-                                            hit_label=args.hit_label, miss_label=args.miss_label)
-        extra |= {"steps": args.steps, "hit_label": args.hit_label, "miss_label": args.miss_label}
-    held_out = TabletopSim(EXACT, seed=777_000 + args.seed)
+        if args.tasks:
+            wanted = args.tasks.split(",")
+            unknown = sorted(set(wanted) - {t.name for t in lifts})
+            if unknown:
+                parser.error(f"--tasks: not lift tasks of the catalogue: {', '.join(unknown)}")
+            lifts = [t for t in lifts if t.name in wanted]
+        q, extra["final_loss"] = supervised(
+            catalogue, lifts, args.steps, args.seed, hit_label=args.hit_label, miss_label=args.miss_label,
+            stem=args.tower_stem, image_size=args.image_size, point_readout=args.point_readout,
+        )
+        extra |= {"trained_tasks": [t.name for t in lifts], "image_size": args.image_size, "steps": args.steps,
+                  "hit_label": args.hit_label, "miss_label": args.miss_label, "tower_stem": args.tower_stem,
+                  "point_readout": args.point_readout}
+    held_out = TabletopSim(dataclasses.replace(EXACT, image_size=q.tower.image_size), seed=777_000 + args.seed)
     scenes = [Scene(held_out) for _ in range(args.scenes)]
     result = localise(q, lifts, scenes)
     for name, row in result.items():

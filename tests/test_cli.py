@@ -25,12 +25,12 @@ def test_up_without_flags_is_the_default_config():
 def test_experiment_flags_reach_the_config():
     args = build_parser().parse_args([
         "experiment", "--seed", "3", "--tasks", "lift-red,lift-blue", "--impersonation", "orig", "--no-rebalance",
-        "--tower-stem", "conv2", "--gamma", "0.8", "--step-penalty", "0.05", "--batch-size", "64",
+        "--tower-stem", "conv2", "--point-readout", "--gamma", "0.8", "--step-penalty", "0.05", "--batch-size", "64",
         "--sd-examples-per-task", "300", "--eval-episodes", "7", "--time-limit", "12.5",
     ])
     cfg = experiment_config(args)
     assert cfg.algo == dataclasses.replace(
-        MTOptConfig(), impersonation="orig", rebalance=False, tower_stem="conv2", gamma=0.8, step_penalty=0.05, batch_size=64
+        MTOptConfig(), impersonation="orig", rebalance=False, tower_stem="conv2", point_readout=True, gamma=0.8, step_penalty=0.05, batch_size=64
     )
     assert (cfg.seed, cfg.tasks, cfg.sd_examples_per_task, cfg.eval_episodes_per_task, cfg.time_limit_s) == (
         3, ("lift-red", "lift-blue"), 300, 7, 12.5

@@ -42,13 +42,13 @@ def test_lift_tasks_end_clearly_above_scripted_rate(tmp_path):
 def test_cli_quick_run_writes_results(tmp_path, capsys):
     assert main(["experiment", "--quick", "--tasks", "lift-any,place-any", "--out", str(tmp_path), "--no-progress",
                  "--threads", "1", "--episodes-per-iteration", "8", "--train-steps-per-iteration", "5",
-                 "--tower-stem", "conv2", "--step-penalty", "0.05"]) == 0
+                 "--tower-stem", "conv2", "--point-readout", "--step-penalty", "0.05"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(summary["final_success"]) == {"lift-any", "place-any"}
     assert summary["train_steps"] == 4 * 5
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["config"]["algo"]["impersonation"] == "skill" and len(data["curve"]) == 2
-    assert data["config"]["algo"]["tower_stem"] == "conv2"
+    assert data["config"]["algo"]["tower_stem"] == "conv2" and data["config"]["algo"]["point_readout"] is True
     assert data["config"]["algo"]["step_penalty"] == 0.05
     phases = data["rl_phase_s"]  # where the RL loop's time went
     assert set(phases) == {"train", "collect", "label", "sd_refresh", "evaluate"}
@@ -60,9 +60,20 @@ def test_cli_quick_run_writes_results(tmp_path, capsys):
     from mtopt.experiment import load_saved_q_network
 
     q, algo = load_saved_q_network(tmp_path)
-    assert algo.tower_stem == "conv2" and algo.step_penalty == 0.05
+    assert algo.tower_stem == "conv2" and algo.step_penalty == 0.05 and algo.point_readout
     saved = torch.load(tmp_path / "q.pt")
     assert all(torch.equal(v, saved[k]) for k, v in q.state_dict().items())
+
+    # a run saved before the point readout existed has no such key: its network has no readout
+    from mtopt.core.networks import QNetwork
+
+    old = tmp_path / "before-point-readout"
+    old.mkdir()
+    del data["config"]["algo"]["point_readout"]
+    (old / "results.json").write_text(json.dumps(data))
+    torch.save(QNetwork(q.num_task_slots, stem="conv2").state_dict(), old / "q.pt")
+    q_old, algo_old = load_saved_q_network(old)
+    assert not algo_old.point_readout and not q_old.q_head.point_readout
 
 
 def test_sd_refresh_labels_on_policy_images_from_ground_truth_and_fine_tunes():

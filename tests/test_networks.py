@@ -20,9 +20,9 @@ def images(b, seed=0):
     return torch.randint(0, 256, (b, SIZE, SIZE, 3), dtype=torch.uint8, generator=g)
 
 
-def qnet(seed=0, multi_head=False, stem="patch4"):
+def qnet(seed=0, multi_head=False, stem="patch4", point_readout=False):
     torch.manual_seed(seed)
-    return QNetwork(SLOTS, SIZE, CH, multi_head=multi_head, stem=stem).eval()
+    return QNetwork(SLOTS, SIZE, CH, multi_head=multi_head, stem=stem, point_readout=point_readout).eval()
 
 
 def rand_actions(b, n, seed=1):
@@ -95,8 +95,9 @@ def test_n_candidates_equal_separate_evaluations():
     torch.testing.assert_close(together, per_state, rtol=1e-5, atol=1e-6)
 
 
-def test_score_equals_head():
-    q = qnet()
+@pytest.mark.parametrize("point_readout", [False, True])
+def test_score_equals_head(point_readout):
+    q = qnet(point_readout=point_readout)
     b, n = 19, 8  # more states than one chunk
     img, st, a, tk = images(b), torch.rand(b, 2), rand_actions(b, n), torch.arange(b) % 13
     with torch.no_grad():
@@ -229,10 +230,50 @@ def test_success_detector_net_shapes_and_columns():
     assert not torch.allclose(out[:, 0], out[:, 1])
 
 
+def test_point_readout_reads_the_cell_under_the_point_and_blends_between_cells():
+    head = qnet(point_readout=True).q_head
+    f = torch.randn(2, 64, CH)
+    cells = head.cells  # (64, 2) cell centres, row-major from the top-left (x = -1, y = +1)
+    torch.testing.assert_close(head.features_at(f, cells[None].expand(2, -1, -1)), f)
+    # Halfway between the first two cells of the top row: their mean. Off the table's edge: the edge cell.
+    between = ((cells[0] + cells[1]) / 2)[None, None].expand(2, 1, 2)
+    torch.testing.assert_close(head.features_at(f, between)[:, 0], (f[:, 0] + f[:, 1]) / 2)
+    corner = torch.tensor([[[-1.0, 1.0], [1.0, -1.0]]]).expand(2, -1, -1)
+    torch.testing.assert_close(head.features_at(f, corner), f[:, [0, 63]])
+
+
+def test_point_readout_makes_the_logit_depend_on_the_features_under_the_point():
+    """Changing the feature map only at the cell under a candidate moves that candidate's logit
+    more with the point readout than the pooled path alone moves it (the pooled path sees the
+    change only through its max and mean over all cells)."""
+    q = qnet(point_readout=True)
+    f = q.tower(images(1)).detach()
+    st, tk = torch.zeros(1, 2), torch.tensor([5])
+    point = q.q_head.cells[27]
+    act = torch.tensor([[[point[0], point[1], 1.0, -1.0]]])
+    bumped = f.clone()
+    bumped[0, :, 3, 3] += 5.0  # cell 27 = row 3, column 3
+    with torch.no_grad():
+        full = (q.head(bumped, st, act, tk) - q.head(f, st, act, tk)).abs().item()
+        readout = q.q_head.readout
+        q.q_head.point_readout = False
+        pooled = (q.head(bumped, st, act, tk) - q.head(f, st, act, tk)).abs().item()
+    assert readout is not None and full != pooled
+
+
+def test_point_readout_needs_a_spatial_head():
+    from mtopt.core.networks import ConditionedHead
+
+    with pytest.raises(ValueError, match="point_readout"):
+        ConditionedHead(CH, 4, point_readout=True)
+
+
 # -- ONNX export ------------------------------------------------------------------------------
-@pytest.fixture(scope="module", params=["patch4", "conv2"])
+@pytest.fixture(scope="module", params=[("patch4", False), ("conv2", False), ("patch4", True)],
+                ids=["patch4", "conv2", "point-readout"])
 def exported(request):
-    q = qnet(seed=3, stem=request.param)
+    stem, point_readout = request.param
+    q = qnet(seed=3, stem=stem, point_readout=point_readout)
     return q, export_onnx_bytes(q)
 
 

@@ -25,6 +25,7 @@ def experiment_config(args: argparse.Namespace) -> ExperimentConfig:
         rebalance=not args.no_rebalance,
         multi_head=args.multi_head,
         tower_stem=args.tower_stem,
+        point_readout=args.point_readout,
         success_fraction=args.success_fraction,
         gamma=args.gamma,
         step_penalty=args.step_penalty,
@@ -114,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--multi-head", action="store_true", help="ablation: per-task output heads instead of one-hot")
     exp.add_argument("--tower-stem", choices=list(TOWER_STEMS), default=a.tower_stem,
                      help="first layers of the conv tower (Q-network and SD): conv2 sees object shape better, ~3x the tower's cost")
+    exp.add_argument("--point-readout", action=argparse.BooleanOptionalAction, default=a.point_readout,
+                     help="the Q-head also reads the feature map at the action's point (learns object shape)")
     exp.add_argument("--q-tower-init", choices=list(Q_TOWER_INITS), default=e.q_tower_init,
                      help="start the Q-network's conv tower from random weights or from the initial success detector's tower")
     exp.add_argument("--success-fraction", type=float, default=a.success_fraction)

@@ -262,7 +262,8 @@ def train_rl(
 def initial_q_network(cfg: ExperimentConfig, catalogue: TaskCatalogue, sd: SuccessDetector) -> QNetwork:
     """A fresh Q-network for `catalogue`; its conv tower copied from the SD's when cfg.q_tower_init is "sd"."""
     algo = cfg.algo
-    q = QNetwork(catalogue.num_slots, algo.image_size, algo.channels, algo.multi_head, algo.tower_stem).to(cfg.device)
+    q = QNetwork(catalogue.num_slots, algo.image_size, algo.channels, algo.multi_head, algo.tower_stem,
+                 algo.point_readout).to(cfg.device)
     if cfg.q_tower_init == "sd":
         q.tower.load_state_dict(sd.net.tower.state_dict())
     return q
@@ -272,10 +273,11 @@ def load_saved_q_network(run_dir: str | Path) -> tuple[QNetwork, MTOptConfig]:
     """The Q-network an `mtopt experiment --out RUN_DIR` saved (q.pt), built with the network
     settings of that run (results.json: tower stem, width, heads), and the run's algorithm config."""
     run_dir = Path(run_dir)
-    saved = json.loads((run_dir / "results.json").read_text())["config"]["algo"]
+    saved = {"point_readout": False} | json.loads((run_dir / "results.json").read_text())["config"]["algo"]  # runs before the option
     known = {f.name for f in dataclasses.fields(MTOptConfig)}
     algo = MTOptConfig(**{k: v for k, v in saved.items() if k in known})
-    q = QNetwork(TaskCatalogue.load().num_slots, algo.image_size, algo.channels, algo.multi_head, algo.tower_stem)
+    q = QNetwork(TaskCatalogue.load().num_slots, algo.image_size, algo.channels, algo.multi_head, algo.tower_stem,
+                 algo.point_readout)
     q.load_state_dict(torch.load(run_dir / "q.pt"))
     return q, algo
 

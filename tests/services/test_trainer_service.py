@@ -81,6 +81,25 @@ def test_tower_stem_travels_in_the_network_label(make_trainer):
         load_config({"MTOPT_TRAINER_TOWER_STEM": "patch8"})
 
 
+def test_point_readout_travels_in_the_network_label(make_trainer):
+    """Labels name the point readout only when it is on: a label without it (every version published
+    before the option) builds a network without it, and the published weights load either way."""
+    from mtopt.trainer.config import load_config
+
+    assert load_config({"MTOPT_TRAINER_POINT_READOUT": "true"}).algo().point_readout
+    registry = None
+    for on in (True, False):
+        model = f"q_point_readout_{str(on).lower()}"
+        t = make_trainer(registry=registry, point_readout=on, model=model)
+        registry = t.registry
+        v = registry.client.get_version(model, 0, "latest")
+        network = json.loads(v.labels["network"])
+        assert network.get("point_readout", False) is on and ("point_readout" in network) is on
+        net = QNetwork(**network)
+        assert net.q_head.point_readout is on
+        net.load_state_dict(torch.load(io.BytesIO(registry.client.fetch(model, v.version)["model.pt"]), weights_only=True))
+
+
 def test_trains_and_publishes_every_k_steps(make_trainer):
     t = make_trainer()
     feed_until(t, 10)

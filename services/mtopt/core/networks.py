@@ -78,15 +78,23 @@ class ConditionedHead(nn.Module):
     too, so "is this action on that object" is a per-cell question the head answers directly.
     """
 
-    def __init__(self, channels: int, cond_dim: int, outputs: int = 1, map_size: int = 8, spatial: bool = False):
+    def __init__(self, channels: int, cond_dim: int, outputs: int = 1, map_size: int = 8, spatial: bool = False,
+                 point_readout: bool = False):
         super().__init__()
+        if point_readout and not spatial:
+            raise ValueError("point_readout needs spatial=True (a point per candidate)")
         self.spatial = spatial
+        self.point_readout = point_readout
         self.embed = nn.Sequential(nn.Linear(cond_dim, 64), nn.ReLU(), nn.Linear(64, channels))
         if spatial:
             self.offset = nn.Linear(3, channels)
             centres = -1.0 + (torch.arange(map_size, dtype=torch.float32) + 0.5) * (2.0 / map_size)
             ys, xs = torch.meshgrid(-centres, centres, indexing="ij")  # row 0 is y = +1
             self.register_buffer("cells", torch.stack([xs, ys], -1).reshape(-1, 2), persistent=False)
+            self.cell_width = 2.0 / map_size
+            self.centre_limit = 1.0 - self.cell_width / 2
+        if point_readout:
+            self.readout = nn.Sequential(nn.Linear(2 * channels, 64), nn.ReLU(), nn.Linear(64, outputs))
         self.pointwise = nn.Sequential(
             nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, channels), nn.ReLU()
         )
@@ -118,7 +126,21 @@ class ConditionedHead(nn.Module):
         x = torch.addmm(lin2.bias, x, lin2.weight.t(), out=out[0]).relu_()
         x = x.reshape(b, n, h * w, c)
         pooled = torch.cat([x.amax(dim=2), x.mean(dim=2)], dim=-1)  # (B, N, 2C)
-        return self.fc(pooled)
+        logits = self.fc(pooled)
+        if self.point_readout:
+            logits = logits + self.readout(torch.cat([self.features_at(f, points), g], dim=-1))
+        return logits
+
+    def features_at(self, f: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """The feature map read at each candidate's point, bilinear between cell centres (points
+        beyond the outer centres read the edge cells): (B, hw, C), (B, N, 2) -> (B, N, C).
+
+        Tent weights and one batched product instead of grid_sample, so the ONNX head needs no
+        GridSample operator."""
+        p = points.clamp(-self.centre_limit, self.centre_limit)
+        d = (p[:, :, None, :] - self.cells).abs() / self.cell_width  # (B, N, hw, 2)
+        weights = (1.0 - d).clamp_min(0.0).prod(dim=-1)  # (B, N, hw), sums to 1 for every point
+        return torch.bmm(weights, f)
 
     def _spatial_input(
         self, f: torch.Tensor, g: torch.Tensor, points: torch.Tensor, out: torch.Tensor | None = None
@@ -151,14 +173,15 @@ class QNetwork(nn.Module):
     """Multi-task Q(s, a, T) as a logit; `multi_head` is the per-task-heads ablation."""
 
     def __init__(self, num_task_slots: int, image_size: int = 64, channels: int = 32, multi_head: bool = False,
-                 stem: str = DEFAULT_TOWER_STEM):
+                 stem: str = DEFAULT_TOWER_STEM, point_readout: bool = False):
         super().__init__()
         self.num_task_slots = num_task_slots
         self.multi_head = multi_head
         self.tower = ConvTower(image_size, channels, stem)
         cond_dim = ACTION_DIM + STATE_DIM + (0 if multi_head else num_task_slots)
         self.q_head = ConditionedHead(
-            channels, cond_dim, outputs=num_task_slots if multi_head else 1, map_size=image_size // 8, spatial=True
+            channels, cond_dim, outputs=num_task_slots if multi_head else 1, map_size=image_size // 8, spatial=True,
+            point_readout=point_readout,
         )
         init_weights(self)
 

@@ -76,6 +76,8 @@ class TrainerConfig(S3Settings):
     """Ablation only: one output head per task."""
     tower_stem: str = _ALGO.tower_stem
     """First layers of the conv tower: patch4 or conv2 (sees object shape; ~3x the tower's arithmetic)."""
+    point_readout: bool = _ALGO.point_readout
+    """The Q-head also reads the feature map at the action's point (how it learns an object's shape)."""
     publish_every_steps: int = 500
     """Publish a new q_function version every this many SGD steps."""
     checkpoint_every_steps: int = 1000
@@ -130,6 +132,7 @@ class TrainerConfig(S3Settings):
         """The learning hyperparameters as the core's MTOptConfig."""
         return dataclasses.replace(
             _ALGO, image_size=self.image_size, channels=self.channels, multi_head=self.multi_head, tower_stem=self.tower_stem,
+            point_readout=self.point_readout,
             learning_rate=self.learning_rate,
             weight_decay=self.weight_decay, batch_size=self.batch_size, grad_clip=self.grad_clip, polyak_tau=self.polyak_tau,
         )

@@ -76,6 +76,8 @@ class Trainer:
                         "multi_head": config.multi_head}
         if config.tower_stem != DEFAULT_TOWER_STEM:  # versions published before the option existed keep their label
             self.network["stem"] = config.tower_stem
+        if config.point_readout:  # likewise: labels without it are networks without the point readout
+            self.network["point_readout"] = True
         self.network_label = json.dumps(self.network, sort_keys=True)
         with torch.random.fork_rng(devices=[]):  # seeded initial weights without touching the process's RNG
             torch.manual_seed(config.seed)

@@ -174,11 +174,13 @@ def make_artifacts(catalogue, seed: int) -> tuple[dict[str, bytes], dict[str, st
     """What the trainer publishes: ONNX export, online weights, and the network kwargs label."""
     import torch
 
+    from mtopt.core.config import MTOptConfig
     from mtopt.core.export import export_onnx_bytes
     from mtopt.core.networks import QNetwork
 
     torch.manual_seed(seed)
-    kwargs = {"num_task_slots": catalogue.num_slots, "image_size": 64, "channels": 32, "multi_head": False}
+    kwargs = {"num_task_slots": catalogue.num_slots, "image_size": 64, "channels": 32, "multi_head": False,
+              "point_readout": MTOptConfig().point_readout}
     q = QNetwork(**kwargs)
     artifacts = export_onnx_bytes(q)
     buf = io.BytesIO()

@@ -158,7 +158,7 @@ class TrainerStep:
         catalogue = TaskCatalogue.load()
         torch.manual_seed(seed)
         self.q = QNetwork(catalogue.num_slots, self.config.image_size, self.config.channels,
-                          self.config.multi_head).to(device)
+                          self.config.multi_head, point_readout=self.config.point_readout).to(device)
         self.learner = Learner(self.q, self.config)
         self.targets = TargetNetworks(self.q, self.config)
         image_shape = rows["images"].shape[1:]

@@ -20,7 +20,7 @@ def images(b, seed=0):
     return torch.randint(0, 256, (b, SIZE, SIZE, 3), dtype=torch.uint8, generator=g)
 
 
-def qnet(seed=0, multi_head=False, stem="patch4", point_readout=False):
+def qnet(seed=0, multi_head=False, stem="patch4", point_readout=True):
     torch.manual_seed(seed)
     return QNetwork(SLOTS, SIZE, CH, multi_head=multi_head, stem=stem, point_readout=point_readout).eval()
 
@@ -125,12 +125,19 @@ def _reference_head(h, features, cond, points):
     rel = h.cells[None, None, :, :] - points[:, :, None, :]
     x = x + h.offset(torch.cat([rel, (rel * rel).sum(-1, keepdim=True)], dim=-1))
     x = h.pointwise(torch.relu(x))
-    return h.fc(torch.cat([x.amax(dim=2), x.mean(dim=2)], dim=-1))
+    out = h.fc(torch.cat([x.amax(dim=2), x.mean(dim=2)], dim=-1))
+    if h.point_readout:  # bilinear sampling of the map at the point, edge cells beyond the outer centres
+        grid = torch.stack([points[..., 0], -points[..., 1]], dim=-1)[:, :, None, :]  # y up = row 0
+        at = torch.nn.functional.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out = out + h.readout(torch.cat([at[..., 0].transpose(1, 2), h.embed(cond)], dim=-1))
+    return out
 
 
-def test_head_equals_its_direct_definition_with_gradients():
-    """The head's factored offset term and in-place activations change no logit and no gradient."""
-    q = qnet(seed=3).train()
+@pytest.mark.parametrize("point_readout", [True, False])
+def test_head_equals_its_direct_definition_with_gradients(point_readout):
+    """The head's factored offset term, in-place activations and tent-weight sampling change no
+    logit and no gradient."""
+    q = qnet(seed=3, point_readout=point_readout).train()
     with torch.no_grad():  # non-zero biases everywhere, so the bias paths are checked too
         for p in q.q_head.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -181,7 +188,7 @@ def test_every_terminate_action_is_one_action():
     np.testing.assert_array_equal(canonical_action_t(torch.from_numpy(a)).numpy(), c)
     with torch.no_grad():
         out = qnet()(images(1), torch.rand(1, 2), torch.from_numpy(a), torch.tensor([5]))
-    assert torch.all(out == out[0, 0])
+    torch.testing.assert_close(out, out[:1, :1].expand_as(out), rtol=0, atol=1e-6)  # rows of one product: not bit-equal
     moves = a.copy()
     moves[..., 3] = -0.5  # the same points as moves: they still differ
     assert len(set(canonical_action(moves)[0, :, 0].tolist())) == 9
@@ -261,6 +268,19 @@ def test_point_readout_makes_the_logit_depend_on_the_features_under_the_point():
     assert readout is not None and full != pooled
 
 
+def test_network_kwargs_read_labels_from_before_the_point_readout():
+    from mtopt.core.networks import network_kwargs
+
+    old = '{"num_task_slots": 32, "image_size": 64, "channels": 8, "multi_head": false}'
+    assert network_kwargs(old)["point_readout"] is False
+    assert not QNetwork(**network_kwargs(old)).q_head.point_readout
+    assert network_kwargs(old[:-1] + ', "point_readout": true}')["point_readout"] is True
+    with pytest.raises(ValueError):
+        network_kwargs("[1, 2]")
+    assert QNetwork(SLOTS).q_head.point_readout  # the constructor's default is the config's
+    assert MTOptConfig().point_readout
+
+
 def test_point_readout_needs_a_spatial_head():
     from mtopt.core.networks import ConditionedHead
 
@@ -269,8 +289,8 @@ def test_point_readout_needs_a_spatial_head():
 
 
 # -- ONNX export ------------------------------------------------------------------------------
-@pytest.fixture(scope="module", params=[("patch4", False), ("conv2", False), ("patch4", True)],
-                ids=["patch4", "conv2", "point-readout"])
+@pytest.fixture(scope="module", params=[("patch4", True), ("conv2", True), ("patch4", False)],
+                ids=["patch4", "conv2", "no-point-readout"])
 def exported(request):
     stem, point_readout = request.param
     q = qnet(seed=3, stem=stem, point_readout=point_readout)

@@ -57,7 +57,7 @@ def test_publishes_initial_version_once_registry_answers(make_registry, make_tra
     assert v.version == 1 and v.step == 0 and v.parent_version == 0
     assert {a.name for a in v.artifacts} == ARTIFACTS
     assert json.loads(v.labels["network"]) == {"num_task_slots": t.trainer.catalogue.num_slots, "image_size": IMAGE_SIZE,
-                                               "channels": 8, "multi_head": False}
+                                               "channels": 8, "multi_head": False, "point_readout": True}
     assert [x.name for x in v.tasks] == t.trainer.catalogue.names
     assert t.metric("mtopt_trainer_published_version") == 1
     status = t.stub.GetStatus(trainer_pb2.GetTrainerStatusRequest(), timeout=5)
@@ -82,8 +82,8 @@ def test_tower_stem_travels_in_the_network_label(make_trainer):
 
 
 def test_point_readout_travels_in_the_network_label(make_trainer):
-    """Labels name the point readout only when it is on: a label without it (every version published
-    before the option) builds a network without it, and the published weights load either way."""
+    """The label says whether the Q-head has its point readout, and the published weights load
+    into the network the label builds either way."""
     from mtopt.trainer.config import load_config
 
     assert load_config({"MTOPT_TRAINER_POINT_READOUT": "true"}).algo().point_readout
@@ -94,7 +94,7 @@ def test_point_readout_travels_in_the_network_label(make_trainer):
         registry = t.registry
         v = registry.client.get_version(model, 0, "latest")
         network = json.loads(v.labels["network"])
-        assert network.get("point_readout", False) is on and ("point_readout" in network) is on
+        assert network["point_readout"] is on
         net = QNetwork(**network)
         assert net.q_head.point_readout is on
         net.load_state_dict(torch.load(io.BytesIO(registry.client.fetch(model, v.version)["model.pt"]), weights_only=True))

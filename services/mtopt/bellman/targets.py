@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
-import json
 import logging
 import zlib
 
@@ -27,7 +26,7 @@ import torch
 
 from mtopt.core.config import MTOptConfig
 from mtopt.core.learner import TargetComputer
-from mtopt.core.networks import QNetwork
+from mtopt.core.networks import QNetwork, network_kwargs
 from mtopt.core.replay import Batch
 from mtopt.episode_codec import EpisodeDecodeError, tensor_from_proto
 from mtopt.model_registry.client import RegistryClient
@@ -95,7 +94,7 @@ class TargetNetworkSource:
             self._cache.move_to_end(version.version)
             return self._cache[version.version]
         try:
-            kwargs = json.loads(version.labels["network"])
+            kwargs = network_kwargs(version.labels["network"])
         except (KeyError, ValueError):
             raise BadBatchError(f"{self.model} version {version.version} has no valid labels['network']; it was not published by the trainer") from None
         artifact = next((a for a in version.artifacts if a.name == TARGET_ARTIFACT), None)

@@ -30,10 +30,11 @@ class MTOptConfig:
     """First layers of the conv tower (TOWER_STEMS), for the Q-network and the SD.
     `conv2` learned the shape tasks faster (docs/results.md 1e); the services take it from
     MTOPT_TRAINER_TOWER_STEM and MTOPT_SUCCESS_DETECTOR_TOWER_STEM."""
-    point_readout: bool = False
+    point_readout: bool = True
     """The Q-head also reads the feature map at the action's point (bilinear between cells) and
-    scores it with the conditioning: a local path beside the broadcast-and-pool one. Without it
-    the head never learned an object's shape from grasp outcomes (docs/results.md 1o)."""
+    scores it with the conditioning: a local path beside the broadcast-and-pool one
+    (docs/results.md 1o). False is the network of every run and version before it (a label or
+    results.json without the key means False)."""
 
     # -- CEM (QT-Opt) --
     cem_iterations: int = 2

@@ -14,6 +14,8 @@ task indices (B,) or (B, N); logits (B, N).
 
 from __future__ import annotations
 
+import json
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -170,10 +172,13 @@ class ConditionedHead(nn.Module):
 
 
 class QNetwork(nn.Module):
-    """Multi-task Q(s, a, T) as a logit; `multi_head` is the per-task-heads ablation."""
+    """Multi-task Q(s, a, T) as a logit; `multi_head` is the per-task-heads ablation.
+
+    `point_readout=False` is the network of every run and published version from before the
+    option: `network_kwargs` reads a trainer's label with that default."""
 
     def __init__(self, num_task_slots: int, image_size: int = 64, channels: int = 32, multi_head: bool = False,
-                 stem: str = DEFAULT_TOWER_STEM, point_readout: bool = False):
+                 stem: str = DEFAULT_TOWER_STEM, point_readout: bool = True):
         super().__init__()
         self.num_task_slots = num_task_slots
         self.multi_head = multi_head
@@ -232,6 +237,15 @@ class QNetwork(nn.Module):
     def forward(self, images: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         """images (B,H,W,3) uint8, states (B,S), actions (B,N,A), tasks (B,) int64 -> logits (B,N)."""
         return self.head(self.tower(images), states, actions, tasks)
+
+
+def network_kwargs(label: str) -> dict:
+    """QNetwork constructor kwargs from a version's labels["network"] (JSON). Labels written
+    before the point readout existed lack its key: those networks have none."""
+    kwargs = json.loads(label)
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"a network label is a JSON object, got {type(kwargs).__name__}")
+    return {"point_readout": False} | kwargs
 
 
 class SuccessDetectorNet(nn.Module):

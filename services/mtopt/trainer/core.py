@@ -73,11 +73,9 @@ class Trainer:
         self.algo = config.algo()
         self.device = resolve_device(config.device)
         self.network = {"num_task_slots": catalogue.num_slots, "image_size": config.image_size, "channels": config.channels,
-                        "multi_head": config.multi_head}
+                        "multi_head": config.multi_head, "point_readout": config.point_readout}
         if config.tower_stem != DEFAULT_TOWER_STEM:  # versions published before the option existed keep their label
             self.network["stem"] = config.tower_stem
-        if config.point_readout:  # likewise: labels without it are networks without the point readout
-            self.network["point_readout"] = True
         self.network_label = json.dumps(self.network, sort_keys=True)
         with torch.random.fork_rng(devices=[]):  # seeded initial weights without touching the process's RNG
             torch.manual_seed(config.seed)

@@ -8,6 +8,7 @@ object ("near") or further ("far"), and the median distance to the nearest wante
 
     python scripts/q_probe.py localise runs/flat-s0            # a Q-network saved by `mtopt experiment`
     python scripts/q_probe.py supervised --steps 1500           # a fresh network trained on ground truth
+    python scripts/q_probe.py tower-shape --steps 1500          # can the conv tower alone tell ball from cube?
 
 `supervised` trains the same QNetwork by plain classification instead of Q-learning: 128 grasps
 per step on a fixed pool of 6,000 scenes, 60% aimed near an object (std 0.15) and the rest
@@ -16,7 +17,12 @@ noise), cross-entropy on the logit. What it reaches bounds what the
 architecture can resolve; the gap to `localise` on an RL-trained network is the RL signal's.
 `--hit-label` and `--miss-label` replace the 1/0 labels with soft ones, e.g. the Bellman targets
 of a hit and of a retryable miss (0.9 and 0.81 with gamma 0.9), to measure what a narrower
-hit/miss contrast alone costs.
+hit/miss contrast alone costs. `--point-readout` trains the network with the Q-head's point
+readout (off in this probe unless asked, as in the figures of 1i); `--tasks` trains and probes
+some lift tasks only (docs/results.md 1o).
+
+`tower-shape` asks whether the tower alone can see shape: a fresh tower and a 1x1 conv learn,
+from ground truth, ball or cube at the cell under each object, scored on held-out scenes.
 
 The last line printed is one JSON object.
 """
@@ -134,6 +140,50 @@ def supervised(
     return q, float(np.mean(losses[-200:]))
 
 
+def tower_shape(steps: int, seed: int, stem: str, scenes: int, batch: int = 64) -> dict:
+    """Can the conv tower alone see shape? A fresh tower and a 1x1 conv are trained to say, at the
+    cell under each object's centre, whether it is a ball or a cube (ground truth, cross-entropy),
+    then scored on held-out scenes. No task, no action, no head."""
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+
+    def labelled(sim: TabletopSim, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, cells, balls = [], [], []
+        for i in range(n):
+            sim.reset()
+            images.append(sim.render())
+            for obj in sim.objects:  # row 0 of the 8 x 8 map is y = +1
+                col, row = (min(7, int((c + 1.0) * 4)) for c in (obj.pos[0], -obj.pos[1]))
+                cells.append((i, row, col))
+                balls.append(float(obj.shape == "ball"))
+        return torch.from_numpy(np.stack(images)), torch.tensor(cells), torch.tensor(balls)
+
+    train_images, train_cells, train_balls = labelled(TabletopSim(EXACT, seed=seed), 6000)
+    test_images, test_cells, test_balls = labelled(TabletopSim(EXACT, seed=777_000 + seed), scenes)
+    channels = 32
+    tower = QNetwork(1, channels=channels, stem=stem).tower  # the Q-network's tower, He-initialised
+    readout = torch.nn.Conv2d(channels, 1, 1)
+    opt = torch.optim.Adam([*tower.parameters(), *readout.parameters()], 1e-3)
+
+    def logits(images: torch.Tensor, cells: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return readout(tower(images))[:, 0][rows, cells[:, 1], cells[:, 2]]
+
+    for _ in range(steps):
+        picked = torch.from_numpy(np.sort(rng.choice(len(train_images), batch, replace=False)))
+        where = torch.isin(train_cells[:, 0], picked)
+        cells = train_cells[where]
+        rows = torch.searchsorted(picked, cells[:, 0].contiguous())
+        images = train_images[picked]
+        loss = F.binary_cross_entropy_with_logits(logits(images, cells, rows), train_balls[where])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        accuracy = ((logits(test_images, test_cells, test_cells[:, 0]) > 0).float() == test_balls).float().mean()
+    return {"probe": "tower-shape", "tower_stem": stem, "steps": steps, "held_out_objects": len(test_balls),
+            "accuracy": round(float(accuracy), 3), "final_loss": round(loss.item(), 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,7 +198,10 @@ def main() -> None:
     sup.add_argument("--point-readout", action=argparse.BooleanOptionalAction, default=False,
                      help="the Q-head's point readout (QNetwork(point_readout=True))")
     sup.add_argument("--tasks", default="", help="comma-separated lift tasks to train and probe (default: all lift tasks)")
-    for p in (loc, sup):
+    shape = sub.add_parser("tower-shape", help="train a fresh conv tower to tell ball from cube per cell, then score it")
+    shape.add_argument("--steps", type=int, default=1500)
+    shape.add_argument("--tower-stem", choices=list(TOWER_STEMS), default=DEFAULT_TOWER_STEM)
+    for p in (loc, sup, shape):
         p.add_argument("--scenes", type=int, default=300, help="held-out scenes per task")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=1)
@@ -158,6 +211,10 @@ def main() -> None:
     lifts = [t for t in catalogue if t.goal.get("kind") == "hold"]
     t0 = time.time()
     extra = {}
+    if args.command == "tower-shape":
+        result = tower_shape(args.steps, args.seed, args.tower_stem, args.scenes)
+        print(json.dumps(result | {"seconds": round(time.time() - t0)}))
+        return
     if args.command == "localise":
         q, _ = load_saved_q_network(args.run)
     else:

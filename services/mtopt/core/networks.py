@@ -93,6 +93,7 @@ class ConditionedHead(nn.Module):
             centres = -1.0 + (torch.arange(map_size, dtype=torch.float32) + 0.5) * (2.0 / map_size)
             ys, xs = torch.meshgrid(-centres, centres, indexing="ij")  # row 0 is y = +1
             self.register_buffer("cells", torch.stack([xs, ys], -1).reshape(-1, 2), persistent=False)
+            self.register_buffer("centres", centres, persistent=False)
             self.cell_width = 2.0 / map_size
             self.centre_limit = 1.0 - self.cell_width / 2
         if point_readout:
@@ -104,10 +105,12 @@ class ConditionedHead(nn.Module):
 
     def forward(
         self, features: torch.Tensor, cond: torch.Tensor, points: torch.Tensor | None = None,
-        workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+        workspace: tuple[torch.Tensor, torch.Tensor] | None = None, with_readout: bool = True,
     ) -> torch.Tensor:
         """`workspace`: two flat float tensors of at least B*N*h*w*C elements that the big
-        intermediate tensors are written into instead of fresh memory (inference only)."""
+        intermediate tensors are written into instead of fresh memory (inference only).
+        `with_readout=False` leaves out the point readout's term (`readout_logits`), for callers
+        that add it themselves over a larger batch."""
         b, c, h, w = features.shape
         n = cond.shape[1]
         rows = b * n * h * w
@@ -129,19 +132,29 @@ class ConditionedHead(nn.Module):
         x = x.reshape(b, n, h * w, c)
         pooled = torch.cat([x.amax(dim=2), x.mean(dim=2)], dim=-1)  # (B, N, 2C)
         logits = self.fc(pooled)
-        if self.point_readout:
-            logits = logits + self.readout(torch.cat([self.features_at(f, points), g], dim=-1))
+        if self.point_readout and with_readout:
+            logits = logits + self._readout(f, g, points)
         return logits
+
+    def readout_logits(self, features: torch.Tensor, cond: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """The point readout's term of the logits alone: (B,C,h,w), (B,N,D), (B,N,2) -> (B,N,outputs)."""
+        return self._readout(features.flatten(2).transpose(1, 2), self.embed(cond), points)
+
+    def _readout(self, f: torch.Tensor, g: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        return self.readout(torch.cat([self.features_at(f, points), g], dim=-1))
 
     def features_at(self, f: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """The feature map read at each candidate's point, bilinear between cell centres (points
         beyond the outer centres read the edge cells): (B, hw, C), (B, N, 2) -> (B, N, C).
 
         Tent weights and one batched product instead of grid_sample, so the ONNX head needs no
-        GridSample operator."""
-        p = points.clamp(-self.centre_limit, self.centre_limit)
-        d = (p[:, :, None, :] - self.cells).abs() / self.cell_width  # (B, N, hw, 2)
-        weights = (1.0 - d).clamp_min(0.0).prod(dim=-1)  # (B, N, hw), sums to 1 for every point
+        GridSample operator. The weights are separable: one tent per column (x) and one per row
+        (y), multiplied into the (h, w) grid."""
+        p = points.clamp(-self.centre_limit, self.centre_limit) / self.cell_width
+        c = self.centres / self.cell_width
+        wx = (1.0 - (p[..., 0:1] - c).abs()).clamp_min(0.0)  # (B, N, w)
+        wy = (1.0 - (p[..., 1:2] + c).abs()).clamp_min(0.0)  # (B, N, h); row 0 is y = +1
+        weights = (wy[..., :, None] * wx[..., None, :]).flatten(2)  # (B, N, hw), sums to 1 for every point
         return torch.bmm(weights, f)
 
     def _spatial_input(
@@ -196,13 +209,22 @@ class QNetwork(nn.Module):
     ) -> torch.Tensor:
         """Logits (B, N) for N candidate actions per precomputed feature map (`workspace`: see
         `ConditionedHead.forward`)."""
+        cond, points = self._conditioning(states, actions, tasks)
+        return self._task_column(self.q_head(features, cond, points, workspace=workspace), tasks)
+
+    def _conditioning(self, states: torch.Tensor, actions: torch.Tensor, tasks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's conditioning (B, N, D) and the candidates' points (B, N, 2)."""
         b, n, _ = actions.shape
         actions = canonical_action_t(actions)
         parts = [actions, states[:, None, :].expand(b, n, -1)]
         if not self.multi_head:
             parts.append(F.one_hot(tasks, self.num_task_slots).to(actions.dtype)[:, None, :].expand(b, n, -1))
-        out = self.q_head(features, torch.cat(parts, dim=-1), actions[..., :2], workspace=workspace)
+        return torch.cat(parts, dim=-1), actions[..., :2]
+
+    def _task_column(self, out: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
+        """(B, N, outputs) -> (B, N): the one output, or the task's column of the multi-head ablation."""
         if self.multi_head:
+            b, n, _ = out.shape
             out = out.gather(-1, tasks[:, None, None].expand(b, n, 1))
         return out[..., 0]
 
@@ -214,8 +236,10 @@ class QNetwork(nn.Module):
         The head's broadcast tensor is (B, N, h*w, C); for CEM (N = 64) over a large batch that is
         tens of megabytes per call, which costs more in page faults than in arithmetic. Chunks of
         a few states stay in cache, and without autograd every chunk reuses one workspace instead
-        of allocating its own tensors. On an accelerator the whole batch goes in one call: there
-        the cost is kernel launches, not memory.
+        of allocating its own tensors. The conditioning and the point readout, which have no such
+        tensor, run once on the whole batch: per chunk their many small calls cost more than their
+        arithmetic. On an accelerator the whole batch goes in one call: there the cost is kernel
+        launches, not memory.
         """
         if features.device.type != "cpu" or features.shape[0] <= chunk:
             return self.head(features, states, actions, tasks)
@@ -224,15 +248,17 @@ class QNetwork(nn.Module):
             _, c, h, w = features.shape
             size = chunk * actions.shape[1] * h * w * c
             workspace = (features.new_empty(size), features.new_empty(size))
-        return torch.cat(
+        cond, points = self._conditioning(states, actions, tasks)
+        out = torch.cat(
             [
-                self.head(
-                    features[i : i + chunk], states[i : i + chunk], actions[i : i + chunk], tasks[i : i + chunk],
-                    workspace=workspace,
-                )
+                self.q_head(features[i : i + chunk], cond[i : i + chunk], points[i : i + chunk], workspace=workspace,
+                            with_readout=False)
                 for i in range(0, features.shape[0], chunk)
             ]
         )
+        if self.q_head.point_readout:
+            out = out + self.q_head.readout_logits(features, cond, points)
+        return self._task_column(out, tasks)
 
     def forward(self, images: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         """images (B,H,W,3) uint8, states (B,S), actions (B,N,A), tasks (B,) int64 -> logits (B,N)."""

@@ -2,7 +2,8 @@
 
     image (uint8 HxWx3) + 2 coordinate planes -> conv tower -> feature map F (C x H/8 x W/8)
     action, state features, task one-hot -> MLP -> vector g (C), broadcast-added to F
-    -> per-position layers (1x1 convs) -> spatial max and mean pool -> two FC -> one logit
+    -> per-position layers (1x1 convs) -> spatial max and mean pool -> two FC -> logit
+    + point readout (the Q-network's default): F read at the action's (x, y), with g -> MLP -> logit
 
 Q(s, a, T) = sigmoid(logit). The tower depends only on the image, so `tower` runs once per state
 and `head` scores any number of candidate actions against it: CEM evaluates 64 actions for the

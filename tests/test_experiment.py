@@ -71,7 +71,7 @@ def test_cli_quick_run_writes_results(tmp_path, capsys):
     old.mkdir()
     del data["config"]["algo"]["point_readout"]
     (old / "results.json").write_text(json.dumps(data))
-    torch.save(QNetwork(q.num_task_slots, stem="conv2").state_dict(), old / "q.pt")
+    torch.save(QNetwork(q.num_task_slots, stem="conv2", point_readout=False).state_dict(), old / "q.pt")
     q_old, algo_old = load_saved_q_network(old)
     assert not algo_old.point_readout and not q_old.q_head.point_readout
 

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--tower-stem", choices=list(TOWER_STEMS), default=a.tower_stem,
                      help="first layers of the conv tower (Q-network and SD): conv2 sees object shape better, ~3x the tower's cost")
     exp.add_argument("--point-readout", action=argparse.BooleanOptionalAction, default=a.point_readout,
-                     help="the Q-head also reads the feature map at the action's point (learns object shape)")
+                     help="the Q-head also reads the feature map at the action's point (sharper grasps; docs/results.md 1o)")
     exp.add_argument("--q-tower-init", choices=list(Q_TOWER_INITS), default=e.q_tower_init,
                      help="start the Q-network's conv tower from random weights or from the initial success detector's tower")
     exp.add_argument("--success-fraction", type=float, default=a.success_fraction)

@@ -24,7 +24,7 @@ from mtopt.collect import BatchPolicy, Collected, Fleet
 from mtopt.core.bellman import TargetNetworks
 from mtopt.core.config import MTOptConfig
 from mtopt.core.learner import Learner, TargetComputer
-from mtopt.core.networks import QNetwork
+from mtopt.core.networks import LEGACY_NETWORK, QNetwork
 from mtopt.core.policy import CEMPolicy
 from mtopt.core.replay import ReplayBuffer, impersonate
 from mtopt.core.success_detector import (
@@ -273,7 +273,7 @@ def load_saved_q_network(run_dir: str | Path) -> tuple[QNetwork, MTOptConfig]:
     """The Q-network an `mtopt experiment --out RUN_DIR` saved (q.pt), built with the network
     settings of that run (results.json: tower stem, width, heads), and the run's algorithm config."""
     run_dir = Path(run_dir)
-    saved = {"point_readout": False} | json.loads((run_dir / "results.json").read_text())["config"]["algo"]  # runs before the option
+    saved = LEGACY_NETWORK | json.loads((run_dir / "results.json").read_text())["config"]["algo"]
     known = {f.name for f in dataclasses.fields(MTOptConfig)}
     algo = MTOptConfig(**{k: v for k, v in saved.items() if k in known})
     q = QNetwork(TaskCatalogue.load().num_slots, algo.image_size, algo.channels, algo.multi_head, algo.tower_stem,

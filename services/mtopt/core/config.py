@@ -33,8 +33,8 @@ class MTOptConfig:
     point_readout: bool = True
     """The Q-head also reads the feature map at the action's point (bilinear between cells) and
     scores it with the conditioning: a local path beside the broadcast-and-pool one
-    (docs/results.md 1o). False is the network of every run and version before it (a label or
-    results.json without the key means False)."""
+    (docs/results.md 1o: sharper grasps, +0.11 mean success at 6,000 steps). False is the network
+    of every run and version before it (a label or results.json without the key means False)."""
 
     # -- CEM (QT-Opt) --
     cem_iterations: int = 2

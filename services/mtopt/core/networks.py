@@ -266,13 +266,17 @@ class QNetwork(nn.Module):
         return self.head(self.tower(images), states, actions, tasks)
 
 
+LEGACY_NETWORK = {"point_readout": False}
+"""Network settings a label or a saved run from before the option does not name: what it was."""
+
+
 def network_kwargs(label: str) -> dict:
     """QNetwork constructor kwargs from a version's labels["network"] (JSON). Labels written
     before the point readout existed lack its key: those networks have none."""
     kwargs = json.loads(label)
     if not isinstance(kwargs, dict):
         raise ValueError(f"a network label is a JSON object, got {type(kwargs).__name__}")
-    return {"point_readout": False} | kwargs
+    return LEGACY_NETWORK | kwargs
 
 
 class SuccessDetectorNet(nn.Module):

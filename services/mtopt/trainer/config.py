@@ -77,7 +77,7 @@ class TrainerConfig(S3Settings):
     tower_stem: str = _ALGO.tower_stem
     """First layers of the conv tower: patch4 or conv2 (sees object shape; ~3x the tower's arithmetic)."""
     point_readout: bool = _ALGO.point_readout
-    """The Q-head also reads the feature map at the action's point (how it learns an object's shape)."""
+    """The Q-head also reads the feature map at the action's point (named in the network label)."""
     publish_every_steps: int = 500
     """Publish a new q_function version every this many SGD steps."""
     checkpoint_every_steps: int = 1000

@@ -107,13 +107,13 @@ def localise(q: QNetwork, tasks: list[Task], scenes: list[Scene]) -> dict:
 def supervised(
     catalogue: TaskCatalogue, tasks: list[Task], steps: int, seed: int, batch: int = 128,
     hit_label: float = 1.0, miss_label: float = 0.0, stem: str = DEFAULT_TOWER_STEM, image_size: int = 64,
-    point_readout: bool = False,
+    point_readout: bool = False, multi_head: bool = False,
 ) -> tuple[QNetwork, float]:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     sim = TabletopSim(dataclasses.replace(EXACT, image_size=image_size), seed=seed)
     pool = [Scene(sim) for _ in range(6000)]
-    q = QNetwork(catalogue.num_slots, image_size, stem=stem, point_readout=point_readout)
+    q = QNetwork(catalogue.num_slots, image_size, multi_head=multi_head, stem=stem, point_readout=point_readout)
     opt = torch.optim.Adam(q.parameters(), 1e-3)
     states = torch.zeros(batch, 2)
     losses = []
@@ -197,6 +197,7 @@ def main() -> None:
     sup.add_argument("--image-size", type=int, default=SimConfig().image_size, help="camera image side, px")
     sup.add_argument("--point-readout", action=argparse.BooleanOptionalAction, default=False,
                      help="the Q-head's point readout (QNetwork(point_readout=True))")
+    sup.add_argument("--multi-head", action="store_true", help="per-task output heads instead of the one-hot input")
     sup.add_argument("--tasks", default="", help="comma-separated lift tasks to train and probe (default: all lift tasks)")
     shape = sub.add_parser("tower-shape", help="train a fresh conv tower to tell ball from cube per cell, then score it")
     shape.add_argument("--steps", type=int, default=1500)
@@ -227,10 +228,11 @@ def main() -> None:
         q, extra["final_loss"] = supervised(
             catalogue, lifts, args.steps, args.seed, hit_label=args.hit_label, miss_label=args.miss_label,
             stem=args.tower_stem, image_size=args.image_size, point_readout=args.point_readout,
+            multi_head=args.multi_head,
         )
         extra |= {"trained_tasks": [t.name for t in lifts], "image_size": args.image_size, "steps": args.steps,
                   "hit_label": args.hit_label, "miss_label": args.miss_label, "tower_stem": args.tower_stem,
-                  "point_readout": args.point_readout}
+                  "point_readout": args.point_readout, "multi_head": args.multi_head}
     held_out = TabletopSim(dataclasses.replace(EXACT, image_size=q.tower.image_size), seed=777_000 + args.seed)
     scenes = [Scene(held_out) for _ in range(args.scenes)]
     result = localise(q, lifts, scenes)

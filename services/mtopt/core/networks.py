@@ -107,11 +107,13 @@ class ConditionedHead(nn.Module):
     def forward(
         self, features: torch.Tensor, cond: torch.Tensor, points: torch.Tensor | None = None,
         workspace: tuple[torch.Tensor, torch.Tensor] | None = None, with_readout: bool = True,
+        embedded: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`workspace`: two flat float tensors of at least B*N*h*w*C elements that the big
         intermediate tensors are written into instead of fresh memory (inference only).
         `with_readout=False` leaves out the point readout's term (`readout_logits`), for callers
-        that add it themselves over a larger batch."""
+        that add it themselves over a larger batch; `embedded` is `self.embed(cond)` when the caller
+        already has it."""
         b, c, h, w = features.shape
         n = cond.shape[1]
         rows = b * n * h * w
@@ -119,7 +121,7 @@ class ConditionedHead(nn.Module):
             raise ValueError("a head workspace is for inference only (torch.no_grad)")
         out = [None, None] if workspace is None else [t[: rows * c].view(rows, c) for t in workspace]
         f = features.flatten(2).transpose(1, 2)  # (B, hw, C)
-        g = self.embed(cond)  # (B, N, C)
+        g = self.embed(cond) if embedded is None else embedded  # (B, N, C)
         if self.spatial:
             x = self._spatial_input(f, g, points, out[0])
         else:
@@ -137,9 +139,10 @@ class ConditionedHead(nn.Module):
             logits = logits + self._readout(f, g, points)
         return logits
 
-    def readout_logits(self, features: torch.Tensor, cond: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """The point readout's term of the logits alone: (B,C,h,w), (B,N,D), (B,N,2) -> (B,N,outputs)."""
-        return self._readout(features.flatten(2).transpose(1, 2), self.embed(cond), points)
+    def readout_logits(self, features: torch.Tensor, embedded: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """The point readout's term of the logits alone, from the embedded conditioning
+        (`self.embed(cond)`): (B,C,h,w), (B,N,C), (B,N,2) -> (B,N,outputs)."""
+        return self._readout(features.flatten(2).transpose(1, 2), embedded, points)
 
     def _readout(self, f: torch.Tensor, g: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         return self.readout(torch.cat([self.features_at(f, points), g], dim=-1))
@@ -250,15 +253,16 @@ class QNetwork(nn.Module):
             size = chunk * actions.shape[1] * h * w * c
             workspace = (features.new_empty(size), features.new_empty(size))
         cond, points = self._conditioning(states, actions, tasks)
+        g = self.q_head.embed(cond)  # once for the chunks and the readout
         out = torch.cat(
             [
                 self.q_head(features[i : i + chunk], cond[i : i + chunk], points[i : i + chunk], workspace=workspace,
-                            with_readout=False)
+                            with_readout=False, embedded=g[i : i + chunk])
                 for i in range(0, features.shape[0], chunk)
             ]
         )
         if self.q_head.point_readout:
-            out = out + self.q_head.readout_logits(features, cond, points)
+            out = out + self.q_head.readout_logits(features, g, points)
         return self._task_column(out, tasks)
 
     def forward(self, images: torch.Tensor, states: torch.Tensor, actions: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:

@@ -92,17 +92,23 @@ def test_sd_refresh_labels_on_policy_images_from_ground_truth_and_fine_tunes():
     sd = SuccessDetector(catalogue.num_slots, channels=8)
     seed_examples = LabelledExamples(np.zeros((2, 64, 64, 3), np.uint8), np.array([0, 8]), np.array([True, False]))
     cfg = ExperimentConfig(sd_refresh_labels=6, sd_refresh_steps=3, sd_refresh_share=0.5)
+    finals = np.stack([e.final_image for c in pending for e in c.episodes])
+    truth = np.concatenate([c.ground_truth for c in pending])
+    called = sd.predict(finals, catalogue.indices) > cfg.algo.sd_threshold  # before the fine-tune
     grown, report = refresh_sd(sd, seed_examples, pending, catalogue, cfg, rng, initial=2)
 
     assert report["labels"] == 2 * 6 and len(grown) == 2 + 12 and sd.version == 1
-    finals = np.stack([e.final_image for c in pending for e in c.episodes])
-    truth = np.concatenate([c.ground_truth for c in pending])
     for img, task, label in zip(grown.images[2:], grown.tasks[2:], grown.labels[2:]):
         j = [t.index for t in catalogue.tasks].index(int(task))
         i = int(np.flatnonzero((finals == img).all(axis=(1, 2, 3)))[0])
         assert label == truth[i, j]  # every new label is the ground truth of an on-policy image
     np.testing.assert_array_equal(grown.images[:2], seed_examples.images)  # earlier examples are kept
     assert 0.0 <= report["flagged_precision"] <= 1.0 and 0.0 <= report["on_policy_accuracy"] <= 1.0
+    for j, task in enumerate(catalogue.tasks):  # the reward's quality per task, from the SD before its fine-tune
+        row = report["per_task"][task.name]
+        assert row["called"] == called[:, j].sum() and row["successes"] == truth[:, j].sum()
+        assert row["precision"] == pytest.approx((called[:, j] & truth[:, j]).sum() / max(1, called[:, j].sum()))
+        assert row["recall"] == pytest.approx((called[:, j] & truth[:, j]).sum() / max(1, truth[:, j].sum()))
 
 
 def test_sd_refresh_share_must_be_a_fraction():

@@ -135,7 +135,9 @@ def refresh_sd(
     the policy finds the SD's false positives), the rest to images drawn at random. The first
     `initial` examples are the bootstrap set; every later one was labelled by a refresh, and those
     fill `cfg.sd_refresh_share` of each fine-tune batch. Returns the grown example set and what the
-    labels showed about the SD before the fine-tune.
+    labels showed about the SD before the fine-tune; its `per_task` entry is the SD's precision and
+    recall per task on all of `pending` against ground truth (the quality of the reward the policy
+    learned from since the last refresh).
     """
     finals = np.stack([e.final_image for c in pending for e in c.episodes])
     truth = np.concatenate([c.ground_truth for c in pending])
@@ -162,8 +164,13 @@ def refresh_sd(
     sd.fit(grown, epochs=max(1, round(cfg.sd_refresh_steps / batches_per_epoch)), batch_size=64,
            seed=int(rng.integers(1 << 31)), weights=share_weights(np.arange(len(grown)) >= initial, cfg.sd_refresh_share))
     on_policy_accuracy = float((pred == truth).mean())
+    per_task = {}  # the SD's reward quality per task on these policy episodes, before the fine-tune
+    for j, task in enumerate(catalogue.tasks):
+        hits = int((pred[:, j] & truth[:, j]).sum())
+        per_task[task.name] = {"precision": hits / max(1, int(pred[:, j].sum())), "recall": hits / max(1, int(truth[:, j].sum())),
+                               "called": int(pred[:, j].sum()), "successes": int(truth[:, j].sum())}
     return grown, {"labels": int(sum(len(t) for t in tasks)), "flagged_precision": flagged_true / max(1, flagged_total),
-                   "on_policy_accuracy": on_policy_accuracy}
+                   "on_policy_accuracy": on_policy_accuracy, "per_task": per_task}
 
 
 def train_rl(

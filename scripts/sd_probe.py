@@ -2,8 +2,8 @@
 
 Runs the experiment's own bootstrap and SD training (`mtopt.experiment.bootstrap_and_sd`:
 scripted bootstrap, a separate labelling fleet, `select_examples`, `SuccessDetector.fit`) and
-prints the accuracy on 1,500 held-out scripted episodes, without any RL. About 40 s per 300
-labels per task on one core.
+prints the accuracy and the near-miss false-positive rate (`detector_report`) on 1,500 held-out
+scripted episodes, without any RL. About 40 s per 300 labels per task on one core.
 
     python scripts/sd_probe.py --examples-per-task 1000 --seed 0
     python scripts/sd_probe.py --min-steps 4000          # more steps on the same labels
@@ -45,6 +45,8 @@ def main() -> None:
         "examples_per_task": args.examples_per_task, "min_steps": args.min_steps, "tower_stem": args.tower_stem,
         "seed": args.seed, "labels": report["sd_examples"], "wall_s": round(time.time() - t0),
         "mean_accuracy": round(sum(accuracy.values()) / len(accuracy), 3), "accuracy": accuracy,
+        "near_miss_fpr": {task: None if v["near_miss_fpr"] is None else round(v["near_miss_fpr"], 3)
+                          for task, v in report["sd"].items()},
     }), flush=True)
 
 

@@ -111,6 +111,35 @@ def test_sd_refresh_labels_on_policy_images_from_ground_truth_and_fine_tunes():
         assert row["recall"] == pytest.approx((called[:, j] & truth[:, j]).sum() / max(1, truth[:, j].sum()))
 
 
+def test_detector_report_counts_near_misses_of_the_same_skill_only():
+    import numpy as np
+
+    from mtopt.experiment import detector_report
+    from mtopt.tasks import TaskCatalogue
+
+    catalogue = TaskCatalogue.load().subset(["lift-any", "lift-cube", "lift-ball", "place-any"])
+    names = [t.name for t in catalogue.tasks]
+    rows = [  # ground truth per final image
+        {"lift-any", "lift-cube"},  # holds a cube
+        {"lift-any", "lift-ball"},  # holds a ball: a near miss for lift-cube
+        {"lift-any", "lift-ball"},
+        set(),  # empty-handed
+        {"place-any"},  # placed: another skill, not a near miss for any lift task
+    ]
+    truth = np.array([[n in r for n in names] for r in rows])
+    pred = truth.copy()
+    pred[:, names.index("lift-cube")] = [True, True, False, True, False]  # the SD's lift-cube verdicts
+
+    report = detector_report(pred, truth, catalogue)
+    cube = report["lift-cube"]
+    assert cube["near_misses"] == 2 and cube["near_miss_fpr"] == 0.5  # one of the two held balls called a cube
+    assert cube["tpr"] == 1.0 and cube["tnr"] == 0.5 and cube["accuracy"] == 0.6 and cube["positives"] == 1
+    assert report["lift-ball"]["near_misses"] == 1 and report["lift-ball"]["near_miss_fpr"] == 0.0  # the cube
+    # lift-any succeeds whenever a sibling does, and place-any has no sibling here: no near misses
+    assert report["lift-any"]["near_misses"] == 0 and report["lift-any"]["near_miss_fpr"] is None
+    assert report["place-any"]["near_misses"] == 0 and report["place-any"]["near_miss_fpr"] is None
+
+
 def test_sd_refresh_share_must_be_a_fraction():
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="sd_refresh_share"):

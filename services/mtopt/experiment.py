@@ -98,15 +98,29 @@ def bootstrap_and_sd(cfg: ExperimentConfig, catalogue: TaskCatalogue, log: Calla
     held = Fleet(catalogue, cfg.num_robots, cfg.seed + 3, cfg.sequence_probability)
     test = held.collect(1500, lambda r: catalogue.tasks[r.integers(len(catalogue))], None, cfg.max_episode_steps)
     probs = sd.predict(np.stack([e.final_image for e in test.episodes]), catalogue.indices)
-    pred = probs > cfg.algo.sd_threshold
-    sd_report = {}
-    for j, t in enumerate(catalogue.tasks):
-        y = test.ground_truth[:, j]
-        tpr = float((pred[:, j] & y).sum() / max(1, y.sum()))
-        tnr = float((~pred[:, j] & ~y).sum() / max(1, (~y).sum()))
-        sd_report[t.name] = {"accuracy": float((pred[:, j] == y).mean()), "tpr": tpr, "tnr": tnr,
-                             "positives": int(y.sum()), "n": int(len(y))}
+    sd_report = detector_report(probs > cfg.algo.sd_threshold, test.ground_truth, catalogue)
     return boot, sd, {"scripted_rates": scripted_rates, "sd": sd_report, "sd_examples": int(len(examples)), "examples": examples}
+
+
+def detector_report(pred: np.ndarray, truth: np.ndarray, catalogue: TaskCatalogue) -> dict[str, dict]:
+    """The SD's verdicts `pred` against ground truth `truth` (both (N, len(catalogue)) bool), per task.
+
+    Besides accuracy, TPR and TNR: `near_miss_fpr`, the share of near misses called a success. A
+    near miss succeeded at another task of the same skill and not at this one (the wrong shape or
+    colour held, placed or presented): the false positives a policy learns to exploit, and rare
+    among all negatives, so TNR hides them (None when there are none)."""
+    report = {}
+    for j, t in enumerate(catalogue.tasks):
+        y, p = truth[:, j], pred[:, j]
+        same_skill = [k for k, o in enumerate(catalogue.tasks) if o.skill == t.skill and k != j]
+        near = ~y & truth[:, same_skill].any(axis=1) if same_skill else np.zeros_like(y)
+        report[t.name] = {
+            "accuracy": float((p == y).mean()), "tpr": float((p & y).sum() / max(1, y.sum())),
+            "tnr": float((~p & ~y).sum() / max(1, (~y).sum())),
+            "near_miss_fpr": float(p[near].mean()) if near.any() else None,
+            "near_misses": int(near.sum()), "positives": int(y.sum()), "n": int(len(y)),
+        }
+    return report
 
 
 def random_batch_policy(rng: np.random.Generator, terminate_probability: float = 0.2) -> BatchPolicy:

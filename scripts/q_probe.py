@@ -21,6 +21,12 @@ hit/miss contrast alone costs. `--point-readout` trains the network with the Q-h
 readout (off in this probe unless asked, as in the figures of 1i); `--tasks` trains and probes
 some lift tasks only (docs/results.md 1o).
 
+`held` asks what a saved network's TERMINATE is worth while the gripper holds an object the lift
+task wants and while it holds one it does not (docs/results.md 1p): a grasp's target bootstraps
+from that value, so a network that cannot tell them apart cannot learn which object to grasp.
+
+    python scripts/q_probe.py held runs/pr-s0 --scenes 300
+
 `tower-shape` asks whether the tower alone can see shape: a fresh tower and a 1x1 conv learn,
 from ground truth, ball or cube at the cell under each object, scored on held-out scenes.
 
@@ -42,6 +48,7 @@ from torch.nn import functional as F
 from mtopt.core.config import DEFAULT_TOWER_STEM, TOWER_STEMS
 from mtopt.core.networks import QNetwork
 from mtopt.experiment import load_saved_q_network
+from mtopt.robot import TERMINATE_ACTION
 from mtopt.sim.tabletop import SimConfig, TabletopSim
 from mtopt.tasks import Task, TaskCatalogue
 
@@ -140,6 +147,41 @@ def supervised(
     return q, float(np.mean(losses[-200:]))
 
 
+@torch.no_grad()
+def held_values(q: QNetwork, tasks: list[Task], scenes: int, seed: int) -> dict:
+    """Q(s, TERMINATE, task) of states that hold an object, split by whether the held object is
+    one the task wants: the value a grasp's Bellman target bootstraps from. Per task, the mean
+    sigmoid Q of both groups and the share of (wanted, unwanted) pairs ranked the right way round
+    (the ROC AUC; 0.5 = the network cannot tell them apart)."""
+    q.eval()
+    sim = TabletopSim(dataclasses.replace(EXACT, image_size=q.tower.image_size), seed=888_000 + seed)
+    images, states, held = [], [], []
+    for i in range(scenes):
+        sim.reset()
+        target = sim.objects[i % len(sim.objects)].pos
+        obs = sim.act(np.array([target[0], target[1], 1.0, -1.0], np.float32))
+        if sim.holding:
+            images.append(obs.image)
+            states.append(obs.state)
+            held.append(dataclasses.replace(sim.objects[sim.held]))
+    images, states = torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(states))
+    features = q.tower(images)
+    terminate = torch.from_numpy(TERMINATE_ACTION)[None, None, :].expand(len(images), 1, -1)
+    out = {}
+    for task in tasks:
+        p = torch.sigmoid(q.head(features, states, terminate, torch.full((len(images),), task.index)))[:, 0].numpy()
+        goal = task.goal
+        wanted = np.array([goal.get("colour", o.colour) == o.colour and goal.get("shape", o.shape) == o.shape for o in held])
+        if wanted.all() or not wanted.any():
+            out[task.name] = {"held": len(held), "wanted": int(wanted.sum()), "q_wanted": round(float(p[wanted].mean()), 3) if wanted.any() else None}
+            continue
+        pos, neg = p[wanted], p[~wanted]
+        auc = float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+        out[task.name] = {"held": len(held), "wanted": int(wanted.sum()), "q_wanted": round(float(pos.mean()), 3),
+                          "q_unwanted": round(float(neg.mean()), 3), "auc": round(auc, 3)}
+    return out
+
+
 def tower_shape(steps: int, seed: int, stem: str, scenes: int, batch: int = 64) -> dict:
     """Can the conv tower alone see shape? A fresh tower and a 1x1 conv are trained to say, at the
     cell under each object's centre, whether it is a ball or a cube (ground truth, cross-entropy),
@@ -189,6 +231,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     loc = sub.add_parser("localise", help="probe a Q-network saved by `mtopt experiment` (RUN/q.pt)")
     loc.add_argument("run", type=Path)
+    held = sub.add_parser("held", help="a saved Q-network's value of TERMINATE while holding a wanted or an unwanted object")
+    held.add_argument("run", type=Path)
     sup = sub.add_parser("supervised", help="train a fresh Q-network on ground-truth grasps, then probe it")
     sup.add_argument("--steps", type=int, default=1500)
     sup.add_argument("--hit-label", type=float, default=1.0, help="target for a grasp that succeeds")
@@ -202,7 +246,7 @@ def main() -> None:
     shape = sub.add_parser("tower-shape", help="train a fresh conv tower to tell ball from cube per cell, then score it")
     shape.add_argument("--steps", type=int, default=1500)
     shape.add_argument("--tower-stem", choices=list(TOWER_STEMS), default=DEFAULT_TOWER_STEM)
-    for p in (loc, sup, shape):
+    for p in (loc, held, sup, shape):
         p.add_argument("--scenes", type=int, default=300, help="held-out scenes per task")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--threads", type=int, default=1)
@@ -215,6 +259,13 @@ def main() -> None:
     if args.command == "tower-shape":
         result = tower_shape(args.steps, args.seed, args.tower_stem, args.scenes)
         print(json.dumps(result | {"seconds": round(time.time() - t0)}))
+        return
+    if args.command == "held":
+        q, _ = load_saved_q_network(args.run)
+        result = held_values(q, lifts, args.scenes, args.seed)
+        for name, row in result.items():
+            print(f"{name:12s} {row}")
+        print(json.dumps({"probe": "held", "run": str(args.run), "tasks": result, "seconds": round(time.time() - t0)}))
         return
     if args.command == "localise":
         q, _ = load_saved_q_network(args.run)

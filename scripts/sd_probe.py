@@ -45,6 +45,7 @@ def main() -> None:
         "examples_per_task": args.examples_per_task, "min_steps": args.min_steps, "tower_stem": args.tower_stem,
         "seed": args.seed, "labels": report["sd_examples"], "wall_s": round(time.time() - t0),
         "mean_accuracy": round(sum(accuracy.values()) / len(accuracy), 3), "accuracy": accuracy,
+        "tpr": {task: round(v["tpr"], 3) for task, v in report["sd"].items()},
         "near_miss_fpr": {task: None if v["near_miss_fpr"] is None else round(v["near_miss_fpr"], 3)
                           for task, v in report["sd"].items()},
     }), flush=True)

@@ -150,9 +150,10 @@ def supervised(
 @torch.no_grad()
 def held_values(q: QNetwork, tasks: list[Task], scenes: int, seed: int) -> dict:
     """Q(s, TERMINATE, task) of states that hold an object, split by whether the held object is
-    one the task wants: the value a grasp's Bellman target bootstraps from. Per task, the mean
-    sigmoid Q of both groups and the share of (wanted, unwanted) pairs ranked the right way round
-    (the ROC AUC; 0.5 = the network cannot tell them apart)."""
+    one the task wants. Per task, the mean sigmoid Q of both groups, the share of (wanted,
+    unwanted) pairs ranked the right way round (the ROC AUC; 0.5 = the network cannot tell them
+    apart), and `v_*`: the best value over a dense grid of closing and opening moves and TERMINATE,
+    which is what a grasp's Bellman target bootstraps from."""
     q.eval()
     sim = TabletopSim(dataclasses.replace(EXACT, image_size=q.tower.image_size), seed=888_000 + seed)
     images, states, held = [], [], []
@@ -166,10 +167,16 @@ def held_values(q: QNetwork, tasks: list[Task], scenes: int, seed: int) -> dict:
             held.append(dataclasses.replace(sim.objects[sim.held]))
     images, states = torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(states))
     features = q.tower(images)
-    terminate = torch.from_numpy(TERMINATE_ACTION)[None, None, :].expand(len(images), 1, -1)
+    terminate = torch.from_numpy(TERMINATE_ACTION)[None, None, :]
+    grid = grasp_grid()
+    opening = grid.clone()
+    opening[:, 2] = -1.0
+    every = torch.cat([grid, opening, terminate[0]])[None].expand(len(images), -1, -1)  # the last one is TERMINATE
     out = {}
     for task in tasks:
-        p = torch.sigmoid(q.head(features, states, terminate, torch.full((len(images),), task.index)))[:, 0].numpy()
+        tasks_t = torch.full((len(images),), task.index)
+        values = torch.sigmoid(q.score(features, states, every, tasks_t))
+        p, v = values[:, -1].numpy(), values.max(dim=1).values.numpy()
         goal = task.goal
         wanted = np.array([goal.get("colour", o.colour) == o.colour and goal.get("shape", o.shape) == o.shape for o in held])
         if wanted.all() or not wanted.any():
@@ -178,7 +185,8 @@ def held_values(q: QNetwork, tasks: list[Task], scenes: int, seed: int) -> dict:
         pos, neg = p[wanted], p[~wanted]
         auc = float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
         out[task.name] = {"held": len(held), "wanted": int(wanted.sum()), "q_wanted": round(float(pos.mean()), 3),
-                          "q_unwanted": round(float(neg.mean()), 3), "auc": round(auc, 3)}
+                          "q_unwanted": round(float(neg.mean()), 3), "auc": round(auc, 3),
+                          "v_wanted": round(float(v[wanted].mean()), 3), "v_unwanted": round(float(v[~wanted].mean()), 3)}
     return out
 
 

@@ -156,7 +156,7 @@ def held_values(q: QNetwork, tasks: list[Task], scenes: int, seed: int) -> dict:
     which is what a grasp's Bellman target bootstraps from."""
     q.eval()
     sim = TabletopSim(dataclasses.replace(EXACT, image_size=q.tower.image_size), seed=888_000 + seed)
-    images, states, held = [], [], []
+    images, states, wants = [], [], []
     for i in range(scenes):
         sim.reset()
         target = sim.objects[i % len(sim.objects)].pos
@@ -164,7 +164,7 @@ def held_values(q: QNetwork, tasks: list[Task], scenes: int, seed: int) -> dict:
         if sim.holding:
             images.append(obs.image)
             states.append(obs.state)
-            held.append(dataclasses.replace(sim.objects[sim.held]))
+            wants.append([sim.success(task) for task in tasks])  # a lift task's goal: holding what it wants
     images, states = torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(states))
     features = q.tower(images)
     terminate = torch.from_numpy(TERMINATE_ACTION)[None, None, :]
@@ -173,18 +173,16 @@ def held_values(q: QNetwork, tasks: list[Task], scenes: int, seed: int) -> dict:
     opening[:, 2] = -1.0
     every = torch.cat([grid, opening, terminate[0]])[None].expand(len(images), -1, -1)  # the last one is TERMINATE
     out = {}
-    for task in tasks:
+    for task, wanted in zip(tasks, np.array(wants).T):
         tasks_t = torch.full((len(images),), task.index)
         values = torch.sigmoid(q.score(features, states, every, tasks_t))
         p, v = values[:, -1].numpy(), values.max(dim=1).values.numpy()
-        goal = task.goal
-        wanted = np.array([goal.get("colour", o.colour) == o.colour and goal.get("shape", o.shape) == o.shape for o in held])
         if wanted.all() or not wanted.any():
-            out[task.name] = {"held": len(held), "wanted": int(wanted.sum()), "q_wanted": round(float(p[wanted].mean()), 3) if wanted.any() else None}
+            out[task.name] = {"held": len(wanted), "wanted": int(wanted.sum()), "q_wanted": round(float(p[wanted].mean()), 3) if wanted.any() else None}
             continue
         pos, neg = p[wanted], p[~wanted]
         auc = float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
-        out[task.name] = {"held": len(held), "wanted": int(wanted.sum()), "q_wanted": round(float(pos.mean()), 3),
+        out[task.name] = {"held": len(wanted), "wanted": int(wanted.sum()), "q_wanted": round(float(pos.mean()), 3),
                           "q_unwanted": round(float(neg.mean()), 3), "auc": round(auc, 3),
                           "v_wanted": round(float(v[wanted].mean()), 3), "v_unwanted": round(float(v[~wanted].mean()), 3)}
     return out

@@ -106,9 +106,9 @@ def test_sd_refresh_labels_on_policy_images_from_ground_truth_and_fine_tunes():
     assert 0.0 <= report["flagged_precision"] <= 1.0 and 0.0 <= report["on_policy_accuracy"] <= 1.0
     for j, task in enumerate(catalogue.tasks):  # the reward's quality per task, from the SD before its fine-tune
         row = report["per_task"][task.name]
-        assert row["called"] == called[:, j].sum() and row["successes"] == truth[:, j].sum()
+        assert row["called"] == called[:, j].sum() and row["positives"] == truth[:, j].sum()
         assert row["precision"] == pytest.approx((called[:, j] & truth[:, j]).sum() / max(1, called[:, j].sum()))
-        assert row["recall"] == pytest.approx((called[:, j] & truth[:, j]).sum() / max(1, truth[:, j].sum()))
+        assert row["tpr"] == pytest.approx((called[:, j] & truth[:, j]).sum() / max(1, truth[:, j].sum()))
 
 
 def test_detector_report_counts_near_misses_of_the_same_skill_only():
@@ -134,6 +134,7 @@ def test_detector_report_counts_near_misses_of_the_same_skill_only():
     cube = report["lift-cube"]
     assert cube["near_misses"] == 2 and cube["near_miss_fpr"] == 0.5  # one of the two held balls called a cube
     assert cube["tpr"] == 1.0 and cube["tnr"] == 0.5 and cube["accuracy"] == 0.6 and cube["positives"] == 1
+    assert cube["called"] == 3 and cube["precision"] == pytest.approx(1 / 3)
     assert report["lift-ball"]["near_misses"] == 1 and report["lift-ball"]["near_miss_fpr"] == 0.0  # the cube
     # lift-any succeeds whenever a sibling does, and place-any has no sibling here: no near misses
     assert report["lift-any"]["near_misses"] == 0 and report["lift-any"]["near_miss_fpr"] is None

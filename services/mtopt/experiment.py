@@ -105,7 +105,7 @@ def bootstrap_and_sd(cfg: ExperimentConfig, catalogue: TaskCatalogue, log: Calla
 def detector_report(pred: np.ndarray, truth: np.ndarray, catalogue: TaskCatalogue) -> dict[str, dict]:
     """The SD's verdicts `pred` against ground truth `truth` (both (N, len(catalogue)) bool), per task.
 
-    Besides accuracy, TPR and TNR: `near_miss_fpr`, the share of near misses called a success. A
+    Besides accuracy, TPR, TNR and precision (of the `called` successes): `near_miss_fpr`, the share of near misses called a success. A
     near miss succeeded at another task of the same skill and not at this one (the wrong shape or
     colour held, placed or presented): the false positives a policy learns to exploit, and rare
     among all negatives, so TNR hides them (None when there are none)."""
@@ -116,7 +116,8 @@ def detector_report(pred: np.ndarray, truth: np.ndarray, catalogue: TaskCatalogu
         near = ~y & truth[:, same_skill].any(axis=1) if same_skill else np.zeros_like(y)
         report[t.name] = {
             "accuracy": float((p == y).mean()), "tpr": float((p & y).sum() / max(1, y.sum())),
-            "tnr": float((~p & ~y).sum() / max(1, (~y).sum())),
+            "tnr": float((~p & ~y).sum() / max(1, (~y).sum())), "precision": float((p & y).sum() / max(1, p.sum())),
+            "called": int(p.sum()),
             "near_miss_fpr": float(p[near].mean()) if near.any() else None,
             "near_misses": int(near.sum()), "positives": int(y.sum()), "n": int(len(y)),
         }
@@ -149,9 +150,8 @@ def refresh_sd(
     the policy finds the SD's false positives), the rest to images drawn at random. The first
     `initial` examples are the bootstrap set; every later one was labelled by a refresh, and those
     fill `cfg.sd_refresh_share` of each fine-tune batch. Returns the grown example set and what the
-    labels showed about the SD before the fine-tune; its `per_task` entry is the SD's precision and
-    recall per task on all of `pending` against ground truth (the quality of the reward the policy
-    learned from since the last refresh).
+    labels showed about the SD before the fine-tune; its `per_task` entry is `detector_report` on all
+    of `pending` (the quality of the reward the policy learned from since the last refresh).
     """
     finals = np.stack([e.final_image for c in pending for e in c.episodes])
     truth = np.concatenate([c.ground_truth for c in pending])
@@ -178,13 +178,8 @@ def refresh_sd(
     sd.fit(grown, epochs=max(1, round(cfg.sd_refresh_steps / batches_per_epoch)), batch_size=64,
            seed=int(rng.integers(1 << 31)), weights=share_weights(np.arange(len(grown)) >= initial, cfg.sd_refresh_share))
     on_policy_accuracy = float((pred == truth).mean())
-    per_task = {}  # the SD's reward quality per task on these policy episodes, before the fine-tune
-    for j, task in enumerate(catalogue.tasks):
-        hits = int((pred[:, j] & truth[:, j]).sum())
-        per_task[task.name] = {"precision": hits / max(1, int(pred[:, j].sum())), "recall": hits / max(1, int(truth[:, j].sum())),
-                               "called": int(pred[:, j].sum()), "successes": int(truth[:, j].sum())}
     return grown, {"labels": int(sum(len(t) for t in tasks)), "flagged_precision": flagged_true / max(1, flagged_total),
-                   "on_policy_accuracy": on_policy_accuracy, "per_task": per_task}
+                   "on_policy_accuracy": on_policy_accuracy, "per_task": detector_report(pred, truth, catalogue)}
 
 
 def train_rl(
